@@ -1,0 +1,21 @@
+"""The RobustBlock family: orthogonal and norm-preserving Keras 3 layers."""
+
+from keras_robust_iqa.layers.global_l2_norm_pooling2d import GlobalL2NormPooling2D
+from keras_robust_iqa.layers.group_sort import GroupSort
+from keras_robust_iqa.layers.invertible_downsampling import InvertibleDownsampling
+from keras_robust_iqa.layers.l2_norm_pooling2d import L2NormPooling2D
+from keras_robust_iqa.layers.max_min import MaxMin
+from keras_robust_iqa.layers.ortho_conv2d import OrthoConv2D
+from keras_robust_iqa.layers.ortho_dense import OrthoDense
+from keras_robust_iqa.layers.robust_block import RobustBlock
+
+__all__ = [
+    "GlobalL2NormPooling2D",
+    "GroupSort",
+    "InvertibleDownsampling",
+    "L2NormPooling2D",
+    "MaxMin",
+    "OrthoConv2D",
+    "OrthoDense",
+    "RobustBlock",
+]

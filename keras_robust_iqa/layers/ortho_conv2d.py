@@ -1,0 +1,243 @@
+import keras
+import tensorflow as tf
+
+from keras_robust_iqa.layers import linalg
+from keras_robust_iqa.layers.validation import (
+    check_positive_int,
+    check_rank4,
+    float32_dtype_policy,
+    normalize_pair,
+)
+
+
+@keras.saving.register_keras_serializable(package="keras_robust_iqa")
+class OrthoConv2D(keras.layers.Layer):
+    """Orthogonal 2-D convolution computed in the Fourier domain.
+
+    `y = irfft2d(Q(u, v) @ rfft2d(x)(u, v)) + bias`, where each per-frequency
+    matrix `Q(u, v)` is the Cayley transform of the (scaled) spectrum of a
+    `kernel_size` kernel (Trockman & Kolter, ICLR 2021). The layer is an
+    isometry when `filters >= input channels` and a co-isometry otherwise, so
+    it never amplifies a perturbation: its Lipschitz constant is exactly 1.
+
+    Args:
+        filters: number of output channels.
+        kernel_size: size of the free kernel that parameterises `Q`. The
+            resulting orthogonal operator is a full-size circular convolution.
+        strides: 1, or 2 through an invertible space-to-depth rearrangement
+            (a permutation, hence orthogonal) followed by a stride-1 conv on
+            `4 * channels`.
+        padding: `"circular"` (exactly orthogonal) or `"same"` (zero-pad by
+            `kernel_size - 1`, convolve circularly, crop: 1-Lipschitz, no
+            longer exactly orthogonal, and no wrap-around across borders).
+        use_bias: add a bias after the convolution.
+
+    Input must have a static spatial size: the per-frequency matrices are
+    built for it. With `training=False`, the matrices are cached and only
+    recomputed when the weights change.
+
+    Computation runs in float32 whatever the dtype policy: FFTs and matrix
+    inverses in half precision are not accurate enough to stay orthogonal.
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size=3,
+        strides=1,
+        padding="same",
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
+        kwargs["dtype"] = float32_dtype_policy(kwargs.get("dtype"))
+        super().__init__(**kwargs)
+        self.filters = check_positive_int("filters", filters)
+        self.kernel_size = normalize_pair("kernel_size", kernel_size)
+        self.strides = normalize_pair("strides", strides, allowed=(1, 2))
+        if self.strides[0] != self.strides[1]:
+            raise ValueError(
+                f"Argument `strides` must be equal along both axes, got {strides}."
+            )
+        if padding not in ("same", "circular"):
+            raise ValueError(
+                "Argument `padding` must be 'same' or 'circular', "
+                f"got padding={padding!r}."
+            )
+        self.padding = padding
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    # Geometry -----------------------------------------------------------------
+
+    def _fft_size(self, height, width):
+        """Spatial size of the circular convolution for an input of this size."""
+        s = self.strides[0]
+        h, w = height // s, width // s
+        if self.padding == "same":
+            h, w = h + self.kernel_size[0] - 1, w + self.kernel_size[1] - 1
+        return h, w
+
+    def build(self, input_shape):
+        check_rank4(self, input_shape)
+        _, height, width, channels = input_shape
+        if height is None or width is None or channels is None:
+            raise ValueError(
+                f"{type(self).__name__} needs a static input size (its "
+                f"per-frequency matrices are built for it), got input_shape="
+                f"{tuple(input_shape)}. Score larger images by patches."
+            )
+        s = self.strides[0]
+        if height % s or width % s:
+            raise ValueError(
+                f"Argument `strides`={s} must divide the input size, got "
+                f"input_shape={tuple(input_shape)}."
+            )
+        cin = channels * s * s
+        self.input_channels = cin
+        self.fft_size = self._fft_size(height, width)
+        if self.kernel_size[0] > self.fft_size[0] or self.kernel_size[1] > self.fft_size[1]:
+            raise ValueError(
+                f"Argument `kernel_size`={self.kernel_size} is larger than the "
+                f"input size {self.fft_size} after striding."
+            )
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(*self.kernel_size, cin, self.filters),
+            initializer=self.kernel_initializer,
+        )
+        # Start with alpha = ||kernel spectrum||: the Cayley transform then
+        # sees the raw spectrum, as in Trockman & Kolter.
+        kernel, fft_size = self.kernel, self.fft_size
+
+        def alpha_init(shape, dtype=None):
+            k_hat = linalg.kernel_frequency_matrices(kernel, *fft_size)
+            return tf.reshape(tf.abs(tf.norm(k_hat)), shape)
+
+        self.alpha = self.add_weight(name="alpha", shape=(), initializer=alpha_init)
+        self.bias = (
+            self.add_weight(name="bias", shape=(self.filters,), initializer=self.bias_initializer)
+            if self.use_bias
+            else None
+        )
+        self._build_inference_cache()
+
+    def _build_inference_cache(self):
+        # Plain tf.Variables, not Keras weights: they are derived from the
+        # weights, so they must not be saved to `.keras` files or trained.
+        h, w = self.fft_size
+        n_freq = h * (w // 2 + 1)
+        sync = dict(
+            trainable=False,
+            synchronization=tf.VariableSynchronization.ON_READ,
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        )
+        self._cache_q = tf.Variable(
+            tf.zeros((2, n_freq, self.filters, self.input_channels)), name="q_cache", **sync
+        )
+        self._cache_kernel = tf.Variable(tf.zeros(self.kernel.shape), name="kernel_seen", **sync)
+        self._cache_alpha = tf.Variable(tf.constant(float("nan")), name="alpha_seen", **sync)
+
+    # Computation --------------------------------------------------------------
+
+    def frequency_matrices(self):
+        """The unitary per-frequency matrices, `(F, filters, in_channels)`."""
+        return linalg.orthogonal_frequency_matrices(self.kernel, self.alpha, *self.fft_size)
+
+    def _cached_frequency_matrices(self):
+        kernel = tf.convert_to_tensor(self.kernel)
+        alpha = tf.convert_to_tensor(self.alpha)
+        # Comparing the weights costs a few thousand flops; recomputing costs
+        # one matrix inverse per frequency. NaN never equals, so the first
+        # call always fills the cache.
+        fresh = tf.logical_and(
+            tf.reduce_all(tf.equal(self._cache_kernel, kernel)),
+            tf.equal(self._cache_alpha, alpha),
+        )
+
+        def reuse():
+            return tf.complex(self._cache_q[0], self._cache_q[1])
+
+        def refresh():
+            q = linalg.orthogonal_frequency_matrices(kernel, alpha, *self.fft_size)
+            with tf.control_dependencies(
+                [
+                    self._cache_q.assign(tf.stack([tf.math.real(q), tf.math.imag(q)])),
+                    self._cache_kernel.assign(kernel),
+                    self._cache_alpha.assign(alpha),
+                ]
+            ):
+                return tf.identity(q)
+
+        return tf.cond(fresh, reuse, refresh)
+
+    def call(self, inputs, training=None):
+        x = tf.cast(inputs, tf.float32)
+        s = self.strides[0]
+        if s > 1:
+            x = tf.nn.space_to_depth(x, s)
+        height, width = x.shape[1], x.shape[2]
+        ph, pw = self.kernel_size[0] - 1, self.kernel_size[1] - 1
+        if self.padding == "same":
+            x = tf.pad(x, [[0, 0], [ph // 2, ph - ph // 2], [pw // 2, pw - pw // 2], [0, 0]])
+        fft_h, fft_w = x.shape[1], x.shape[2]
+        x_hat = to_frequency(x)
+        if training or (fft_h, fft_w) != tuple(self.fft_size):
+            # A solve per frequency, without forming the orthogonal matrices:
+            # the cheapest exact path when the weights change every step.
+            w_hat = linalg.scaled_kernel_spectrum(self.kernel, self.alpha, fft_h, fft_w)
+            y_hat = linalg.cayley_apply(w_hat, x_hat)
+        else:
+            y_hat = tf.matmul(self._cached_frequency_matrices(), x_hat)
+        y = from_frequency(y_hat, fft_h, fft_w)
+        if self.padding == "same":
+            y = y[:, ph // 2 : ph // 2 + height, pw // 2 : pw // 2 + width, :]
+        if self.use_bias:
+            y = y + self.bias
+        return tf.cast(y, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, _ = input_shape
+        s = self.strides[0]
+        return (b, None if h is None else h // s, None if w is None else w // s, self.filters)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            filters=self.filters,
+            kernel_size=self.kernel_size,
+            strides=self.strides,
+            padding=self.padding,
+            use_bias=self.use_bias,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
+            bias_initializer=keras.initializers.serialize(self.bias_initializer),
+        )
+        return config
+
+
+def to_frequency(x):
+    """rfft2d of NHWC `x`, laid out `(H * (W // 2 + 1), C, B)` for batched matmuls."""
+    batch, channels = tf.shape(x)[0], x.shape[3]
+    x_hat = tf.signal.rfft2d(tf.transpose(x, (0, 3, 1, 2)))  # (B, C, H, Wf)
+    return tf.transpose(tf.reshape(x_hat, (batch, channels, -1)), (2, 1, 0))
+
+
+def from_frequency(y_hat, height, width):
+    """Inverse of `to_frequency`: `(F, C, B)` complex -> `(B, H, W, C)` float32."""
+    batch, channels = tf.shape(y_hat)[2], y_hat.shape[1]
+    y_hat = tf.reshape(tf.transpose(y_hat, (2, 1, 0)), (batch, channels, height, width // 2 + 1))
+    y = tf.signal.irfft2d(y_hat, fft_length=(height, width))
+    return tf.transpose(y, (0, 2, 3, 1))
+
+
+def apply_frequency_matrices(x, q):
+    """Circular convolution of NHWC float32 `x` given its per-frequency matrices.
+
+    Args:
+        x: `(B, H, W, cin)`.
+        q: complex64 `(H * (W // 2 + 1), cout, cin)`.
+    """
+    return from_frequency(tf.matmul(q, to_frequency(x)), x.shape[1], x.shape[2])

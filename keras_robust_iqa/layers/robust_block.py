@@ -1,0 +1,102 @@
+import keras
+import tensorflow as tf
+
+from keras_robust_iqa.layers.group_sort import GroupSort
+from keras_robust_iqa.layers.ortho_conv2d import OrthoConv2D
+from keras_robust_iqa.layers.validation import check_rank4, float32_dtype_policy
+
+
+@keras.saving.register_keras_serializable(package="keras_robust_iqa")
+class RobustBlock(keras.layers.Layer):
+    """Orthogonal convolution, bias, then GroupSort: a 1-Lipschitz conv block.
+
+    `f(x) = GroupSort(OrthoConv2D(x) + b)`. With `residual=True` the block
+    returns the convex combination `lam * x + (1 - lam) * f(x)`,
+    `lam = sigmoid(theta)` learnable: a convex combination of two 1-Lipschitz
+    maps is 1-Lipschitz, whereas a plain `x + f(x)` could double a
+    perturbation.
+
+    Args:
+        filters: output channels (with `residual=True`: equal to the input
+            channels and `strides=1`).
+        kernel_size, strides, padding: as in `OrthoConv2D`.
+        group_size: GroupSort group size (2 is MaxMin); must divide `filters`.
+        residual: add the convex residual connection.
+        residual_init: initial `lam`, in (0, 1).
+    """
+
+    def __init__(
+        self,
+        filters,
+        kernel_size=3,
+        strides=1,
+        padding="same",
+        group_size=2,
+        residual=False,
+        residual_init=0.5,
+        **kwargs,
+    ):
+        kwargs["dtype"] = float32_dtype_policy(kwargs.get("dtype"))
+        super().__init__(**kwargs)
+        self.conv = OrthoConv2D(
+            filters, kernel_size, strides=strides, padding=padding, use_bias=True,
+            dtype=self.dtype_policy, name="conv",
+        )
+        self.activation = GroupSort(group_size, dtype=self.dtype_policy, name="groupsort")
+        if filters % group_size:
+            raise ValueError(
+                f"Argument `group_size`={group_size} must divide `filters`={filters}."
+            )
+        if not 0.0 < residual_init < 1.0:
+            raise ValueError(
+                f"Argument `residual_init` must be in (0, 1), got residual_init={residual_init!r}."
+            )
+        self.residual = bool(residual)
+        self.residual_init = float(residual_init)
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    @property
+    def filters(self):
+        return self.conv.filters
+
+    def build(self, input_shape):
+        check_rank4(self, input_shape)
+        if self.residual and (
+            input_shape[-1] != self.conv.filters or self.conv.strides[0] != 1
+        ):
+            raise ValueError(
+                "`residual=True` needs `filters` equal to the input channels and "
+                f"strides=1, got filters={self.conv.filters}, strides={self.conv.strides}, "
+                f"input_shape={tuple(input_shape)}."
+            )
+        self.conv.build(input_shape)
+        self.activation.build(self.conv.compute_output_shape(input_shape))
+        if self.residual:
+            logit = float(tf.math.log(self.residual_init / (1.0 - self.residual_init)))
+            self.residual_logit = self.add_weight(
+                name="residual_logit", shape=(),
+                initializer=keras.initializers.Constant(logit),
+            )
+
+    def call(self, inputs, training=None):
+        y = self.activation(self.conv(inputs, training=training))
+        if self.residual:
+            lam = tf.sigmoid(tf.cast(self.residual_logit, tf.float32))
+            y = lam * tf.cast(inputs, tf.float32) + (1.0 - lam) * y
+        return tf.cast(y, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return self.conv.compute_output_shape(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            filters=self.conv.filters,
+            kernel_size=self.conv.kernel_size,
+            strides=self.conv.strides,
+            padding=self.conv.padding,
+            group_size=self.activation.group_size,
+            residual=self.residual,
+            residual_init=self.residual_init,
+        )
+        return config

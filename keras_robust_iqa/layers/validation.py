@@ -1,0 +1,48 @@
+"""Argument checks shared by the layers: errors name the argument and the value."""
+
+import keras
+
+
+def check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"Argument `{name}` must be a positive integer, got {name}={value!r}.")
+    return value
+
+
+def normalize_pair(name, value, allowed=None):
+    """An int or a pair of ints -> a tuple of two positive ints."""
+    pair = (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
+    try:
+        pair = tuple(pair)
+    except TypeError:
+        pair = ()
+    if len(pair) != 2 or any(
+        isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in pair
+    ):
+        raise ValueError(
+            f"Argument `{name}` must be a positive integer or a pair of them, got {name}={value!r}."
+        )
+    if allowed is not None and any(v not in allowed for v in pair):
+        raise ValueError(f"Argument `{name}` must be one of {allowed}, got {name}={value!r}.")
+    return pair
+
+
+def check_rank4(layer, input_shape):
+    if len(input_shape) != 4:
+        raise ValueError(
+            f"{type(layer).__name__} expects rank-4 inputs (batch, height, width, "
+            f"channels), got input_shape={tuple(input_shape)}."
+        )
+
+
+def float32_dtype_policy(dtype):
+    """Keep a layer in float32 under a mixed-precision policy.
+
+    FFTs, matrix inverses and sorts that must stay exactly norm-preserving are
+    not accurate in float16/bfloat16; like Keras' advice for a softmax output,
+    these layers run in float32 and the next layer casts back.
+    """
+    policy = keras.dtype_policies.get(dtype) if dtype is not None else keras.config.dtype_policy()
+    if policy.compute_dtype in ("float16", "bfloat16"):
+        return "float32"
+    return dtype
