@@ -1,5 +1,6 @@
 """The RobustBlock family: orthogonal and norm-preserving Keras 3 layers."""
 
+from keras_robust_iqa.layers.convex_combination import ConvexCombination
 from keras_robust_iqa.layers.global_l2_norm_pooling2d import GlobalL2NormPooling2D
 from keras_robust_iqa.layers.group_sort import GroupSort
 from keras_robust_iqa.layers.invertible_downsampling import InvertibleDownsampling
@@ -7,9 +8,11 @@ from keras_robust_iqa.layers.l2_norm_pooling2d import L2NormPooling2D
 from keras_robust_iqa.layers.max_min import MaxMin
 from keras_robust_iqa.layers.ortho_conv2d import OrthoConv2D
 from keras_robust_iqa.layers.ortho_dense import OrthoDense
+from keras_robust_iqa.layers.output_scale import OutputScale
 from keras_robust_iqa.layers.robust_block import RobustBlock
 
 __all__ = [
+    "ConvexCombination",
     "GlobalL2NormPooling2D",
     "GroupSort",
     "InvertibleDownsampling",
@@ -17,5 +20,6 @@ __all__ = [
     "MaxMin",
     "OrthoConv2D",
     "OrthoDense",
+    "OutputScale",
     "RobustBlock",
 ]

@@ -58,34 +58,78 @@ def kernel_frequency_matrices(kernel, height, width):
         plain (non-orthogonalised) kernel this is exactly `Conv2D(padding="same")`
         with circular boundary conditions.
 
-    The kernel has only `kh * kw` taps, so its spectrum is one small matmul
-    with a DFT basis, far cheaper than an FFT of the zero-padded kernel.
+    The kernel has only `kh * kw` taps, so its spectrum is one small real
+    matmul with a DFT basis, far cheaper than an FFT of the padded kernel.
     """
+    basis = DFTBasis.of(kernel, height, width)
+    return basis.spectrum(kernel_taps(kernel))
+
+
+def kernel_taps(kernel):
+    """`(kh * kw, cout, cin)`: the matrix of each tap, mapping inputs to outputs."""
     kh, kw, cin, cout = kernel.shape
-    if kh > height or kw > width:
-        raise ValueError(
-            f"kernel_size {(kh, kw)} is larger than the input size {(height, width)}."
-        )
-    taps = tf.reshape(tf.transpose(tf.cast(kernel, tf.float32), (0, 1, 3, 2)), (kh * kw, -1))
-    basis = _dft_basis(kh, kw, height, width)  # (F, kh * kw) complex
-    k_hat = tf.matmul(basis, tf.cast(taps, tf.complex64))
-    return tf.reshape(k_hat, (-1, cout, cin))
+    return tf.reshape(tf.transpose(tf.cast(kernel, tf.float32), (0, 1, 3, 2)), (kh * kw, cout, cin))
 
 
-def _dft_basis(kh, kw, height, width):
+class DFTBasis:
     """`B[f, tap]` such that `B @ taps` is the spectrum of a centred correlation kernel.
 
     A cross-correlation with tap `(a, b)` at offset `(a - su, b - sv)` from
     the centre multiplies frequency `(u, v)` by `exp(+2 pi i (u (a - su) / H
-    + v (b - sv) / W))`: the conjugate of a convolution's phase.
+    + v (b - sv) / W))`: the conjugate of a convolution's phase. The real and
+    imaginary parts are kept apart so that every product is a real matmul.
     """
-    su, sv = (kh - 1) // 2, (kw - 1) // 2
-    u = np.arange(height)[:, None, None, None]
-    v = np.arange(width // 2 + 1)[None, :, None, None]
-    a = np.arange(kh)[None, None, :, None] - su
-    b = np.arange(kw)[None, None, None, :] - sv
-    phase = 2.0 * np.pi * (u * a / height + v * b / width)
-    return tf.constant(np.exp(1j * phase).reshape(-1, kh * kw).astype(np.complex64))
+
+    def __init__(self, kh, kw, height, width):
+        if kh > height or kw > width:
+            raise ValueError(
+                f"kernel_size {(kh, kw)} is larger than the input size {(height, width)}."
+            )
+        su, sv = (kh - 1) // 2, (kw - 1) // 2
+        u = np.arange(height)[:, None, None, None]
+        v = np.arange(width // 2 + 1)[None, :, None, None]
+        a = np.arange(kh)[None, None, :, None] - su
+        b = np.arange(kw)[None, None, None, :] - sv
+        phase = (2.0 * np.pi * (u * a / height + v * b / width)).reshape(-1, kh * kw)
+        basis = np.exp(1j * phase)
+        self.real = tf.constant(basis.real.astype(np.float32))
+        self.imag = tf.constant(basis.imag.astype(np.float32))
+        # ||B @ taps||_F^2 = sum over channel pairs of taps^T Re(B^H B) taps:
+        # the spectrum's norm without forming the spectrum.
+        self.gram = tf.constant((basis.conj().T @ basis).real.astype(np.float32))
+
+    @classmethod
+    def of(cls, kernel, height, width):
+        return cls(kernel.shape[0], kernel.shape[1], height, width)
+
+    def spectrum(self, taps):
+        """`(T, cout, cin)` real taps -> `(F, cout, cin)` complex spectrum."""
+        t, cout, cin = taps.shape
+        flat = tf.reshape(taps, (t, cout * cin))
+        k_hat = tf.complex(tf.matmul(self.real, flat), tf.matmul(self.imag, flat))
+        return tf.reshape(k_hat, (-1, cout, cin))
+
+    def spectrum_norm(self, taps):
+        flat = tf.reshape(taps, (taps.shape[0], -1))
+        return tf.sqrt(tf.reduce_sum(flat * tf.matmul(self.gram, flat)))
+
+    def cayley_system(self, taps):
+        """`I + W - W^H` for `W = B @ taps`, square taps, straight from the taps.
+
+        `W^H` at frequency f is `conj(B[f]) @ taps^T`, so the skew-Hermitian
+        part is `Re(B) @ (taps - taps^T) + i Im(B) @ (taps + taps^T)`: two
+        small real matmuls instead of passes over the `(F, n, n)` spectrum.
+        The identity rides along as one more tap with a constant basis of 1.
+        """
+        t, n, _ = taps.shape
+        taps_t = tf.transpose(taps, (0, 2, 1))
+        eye = tf.reshape(tf.eye(n), (1, n * n))
+        diff = tf.concat([tf.reshape(taps - taps_t, (t, n * n)), eye], axis=0)
+        total = tf.reshape(taps + taps_t, (t, n * n))
+        ones = tf.ones((self.real.shape[0], 1))
+        real = tf.matmul(tf.concat([self.real, ones], axis=1), diff)
+        imag = tf.matmul(self.imag, total)
+        return tf.reshape(tf.complex(real, imag), (-1, n, n))
 
 
 def scaled_kernel_spectrum(kernel, alpha, height, width):
@@ -94,10 +138,30 @@ def scaled_kernel_spectrum(kernel, alpha, height, width):
     The scale sets how far from the identity the orthogonal operator starts,
     and keeps the Cayley parameterisation well conditioned.
     """
-    k_hat = kernel_frequency_matrices(kernel, height, width)
-    norm = tf.sqrt(tf.reduce_sum(tf.square(tf.abs(k_hat))))
-    scale = tf.cast(alpha, tf.float32) / tf.maximum(norm, 1e-12)
-    return k_hat * tf.cast(scale, tf.complex64)
+    basis = DFTBasis.of(kernel, height, width)
+    return basis.spectrum(_scaled_taps(basis, kernel, alpha))
+
+
+def _scaled_taps(basis, kernel, alpha):
+    taps = kernel_taps(kernel)
+    scale = tf.cast(alpha, tf.float32) / tf.maximum(basis.spectrum_norm(taps), 1e-12)
+    return taps * scale
+
+
+def orthogonal_conv_apply(kernel, alpha, x_hat, height, width):
+    """`orthogonal_frequency_matrices(kernel, alpha, H, W) @ x_hat`, the fast way.
+
+    Args:
+        x_hat: `(F, cin, B)` complex input spectrum.
+
+    For a square kernel the Cayley system is built from the taps, then one
+    solve per frequency; otherwise the generic `cayley_apply`.
+    """
+    basis = DFTBasis.of(kernel, height, width)
+    taps = _scaled_taps(basis, kernel, alpha)
+    if taps.shape[1] != taps.shape[2]:
+        return cayley_apply(basis.spectrum(taps), x_hat)
+    return 2.0 * tf.linalg.solve(basis.cayley_system(taps), x_hat) - x_hat
 
 
 def orthogonal_frequency_matrices(kernel, alpha, height, width):

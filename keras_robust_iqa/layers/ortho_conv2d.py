@@ -70,6 +70,8 @@ class OrthoConv2D(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.input_spec = keras.layers.InputSpec(ndim=4)
+        # XLA has no complex linear solve: keep `jit_compile="auto"` off.
+        self.supports_jit = False
 
     # Geometry -----------------------------------------------------------------
 
@@ -188,8 +190,7 @@ class OrthoConv2D(keras.layers.Layer):
         if training or (fft_h, fft_w) != tuple(self.fft_size):
             # A solve per frequency, without forming the orthogonal matrices:
             # the cheapest exact path when the weights change every step.
-            w_hat = linalg.scaled_kernel_spectrum(self.kernel, self.alpha, fft_h, fft_w)
-            y_hat = linalg.cayley_apply(w_hat, x_hat)
+            y_hat = linalg.orthogonal_conv_apply(self.kernel, self.alpha, x_hat, fft_h, fft_w)
         else:
             y_hat = tf.matmul(self._cached_frequency_matrices(), x_hat)
         y = from_frequency(y_hat, fft_h, fft_w)

@@ -44,3 +44,26 @@ def test_jacobian_spectral_norm_matches_brute_force():
     np.testing.assert_allclose(
         linalg.jacobian_spectral_norm(fn, x, iterations=100), jacobian_spectral_norms(fn, x), rtol=1e-3
     )
+
+
+def test_fast_square_path_equals_generic_cayley():
+    rng = np.random.default_rng(3)
+    for cin, cout in [(4, 4), (3, 5), (5, 3)]:
+        kernel = tf.constant(rng.normal(size=(3, 3, cin, cout)), tf.float32)
+        x_hat = tf.constant(
+            rng.normal(size=(7 * 4, cin, 2)) + 1j * rng.normal(size=(7 * 4, cin, 2)), tf.complex64
+        )
+        expected = tf.matmul(linalg.orthogonal_frequency_matrices(kernel, 2.5, 7, 6), x_hat)
+        np.testing.assert_allclose(
+            linalg.orthogonal_conv_apply(kernel, 2.5, x_hat, 7, 6), expected, atol=1e-5
+        )
+
+
+def test_spectrum_norm_without_the_spectrum():
+    kernel = tf.random.normal((3, 3, 4, 6))
+    basis = linalg.DFTBasis.of(kernel, 9, 8)
+    taps = linalg.kernel_taps(kernel)
+    spectrum = basis.spectrum(taps)
+    np.testing.assert_allclose(
+        basis.spectrum_norm(taps), tf.sqrt(tf.reduce_sum(tf.abs(spectrum) ** 2)), rtol=1e-5
+    )

@@ -1,0 +1,34 @@
+import keras
+import tensorflow as tf
+
+
+@keras.saving.register_keras_serializable(package="keras_robust_iqa")
+class ConvexCombination(keras.layers.Layer):
+    """Learnable convex combination of its inputs: `sum_i w_i x_i`, `w = softmax(logits)`.
+
+    The 1-Lipschitz replacement for `Add`: a sum of two 1-Lipschitz branches
+    (a residual connection) can double a perturbation, a convex combination
+    of them cannot. Starts as the plain average.
+    """
+
+    def build(self, input_shape):
+        if not isinstance(input_shape, (list, tuple)) or len(input_shape) < 2 or not isinstance(
+            input_shape[0], (list, tuple)
+        ):
+            raise ValueError(
+                f"{type(self).__name__} needs a list of at least two inputs, got "
+                f"input_shape={input_shape}."
+            )
+        self.logits = self.add_weight(
+            name="logits", shape=(len(input_shape),), initializer="zeros"
+        )
+
+    def weights_simplex(self):
+        return tf.nn.softmax(tf.cast(self.logits, tf.float32))
+
+    def call(self, inputs):
+        w = tf.cast(self.weights_simplex(), self.compute_dtype)
+        return tf.add_n([w[i] * x for i, x in enumerate(inputs)])
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
