@@ -1,0 +1,228 @@
+"""tf.data pipelines over an :class:`IQATable`.
+
+Images are decoded with tf.io to RGB float32 in [0, 1] (JPEGs with the accurate IDCT, see
+:func:`decode_image`): grayscale is
+repeated to 3 channels, alpha is dropped (not composited, as Pillow's ``convert("RGB")``),
+16-bit PNGs keep their full precision (65535 -> 1.0), palette images are expanded. Readers
+with ``check_images=True`` have already refused files tf.io cannot decode correctly.
+
+Eval batches of full images need one image size per batch: with ``crop_size=None`` and
+``batch_size > 1`` a split whose images differ in size raises a ValueError (pass
+``crop_size=`` or ``batch_size=1``) rather than failing inside TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from .errors import DataError
+from .table import IQATable
+
+
+def decode_image(contents: tf.Tensor) -> tf.Tensor:
+    """Encoded JPEG/PNG/BMP/GIF bytes -> ``(h, w, 3)`` float32 in [0, 1].
+
+    JPEGs use libjpeg's accurate integer IDCT: ``tf.io.decode_image`` uses the fast one,
+    which is off by up to ~14/255 on high-quality photos (quality 95) and would add its own
+    artefacts to a quality dataset. With it, pixels equal Pillow's decode exactly.
+    """
+    def jpeg():
+        img = tf.io.decode_jpeg(contents, channels=3, dct_method="INTEGER_ACCURATE")
+        return tf.image.convert_image_dtype(img, tf.float32)
+
+    def other():
+        return tf.io.decode_image(contents, channels=3, dtype=tf.float32,
+                                  expand_animations=False)
+
+    img = tf.cond(tf.io.is_jpeg(contents), jpeg, other)
+    img.set_shape([None, None, 3])
+    return img
+
+
+_decode_eager = tf.function(decode_image, input_signature=[tf.TensorSpec([], tf.string)])
+
+
+def _hw(value, name: str) -> tuple[int, int]:
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        hw = (int(value), int(value))
+    else:
+        try:
+            hw = tuple(int(v) for v in value)
+        except TypeError:
+            raise ValueError(f"{name} must be an int or (height, width), got {value!r}") from None
+        if len(hw) != 2:
+            raise ValueError(f"{name} must be an int or (height, width), got {value!r}")
+    if min(hw) < 1:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return hw
+
+
+def _header_size(path: str) -> tuple[int, int]:
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except FileNotFoundError:
+        raise DataError(path, None, "image not found") from None
+    except Exception as e:  # noqa: BLE001 - any Pillow failure means an unreadable image
+        raise DataError(path, None, f"cannot read the image header ({type(e).__name__}: {e})") \
+            from None
+    return h, w
+
+
+def image_sizes(table: IQATable) -> np.ndarray:
+    """``(N, 2)`` image (height, width): from the table when known, else image headers."""
+    if table.sizes is not None:
+        return np.asarray(table.sizes)
+    with ThreadPoolExecutor(min(16, 2 * (os.cpu_count() or 1))) as ex:
+        sizes = list(ex.map(_header_size, table.absolute_paths()))
+    return np.array(sizes, dtype=np.int64).reshape(-1, 2)
+
+
+def _check_min(table: IQATable, sizes: np.ndarray, hw: tuple[int, int], what: str) -> None:
+    small = np.flatnonzero((sizes[:, 0] < hw[0]) | (sizes[:, 1] < hw[1]))
+    if len(small):
+        i = small[0]
+        raise ValueError(
+            f"{len(small)} image(s) are smaller than the {what} {hw[1]}x{hw[0]} (width x "
+            f"height), e.g. {table.absolute_path(i)} is {sizes[i, 1]}x{sizes[i, 0]}; read the "
+            f"table with min_size={max(hw)} to skip them")
+
+
+def make_dataset(table: IQATable, split: str | None, *, patch_size=64, batch_size: int = 16,
+                 training: bool, patches_per_image: int = 1, crop_size=None, seed: int = 0,
+                 shuffle: bool | None = None, cache: bool | str = True) -> tf.data.Dataset:
+    """Batches of ``(images (B, h, w, 3) float32 in [0, 1], mos01 (B,) float32)``.
+
+    Args:
+        table: the dataset; ``split`` picks ``"train"``/``"val"``/``"test"`` rows (``None``:
+            all rows). MOS is mapped to [0, 1] by ``table.normalize``; map predictions back
+            with ``table.denormalize``.
+        training: ``True``: ``patches_per_image`` random ``patch_size`` crops per image and
+            epoch, shuffled; each epoch differs but the sequence is fixed by ``seed`` (and
+            TensorFlow's global seed, if one is set). ``False``: deterministic; a centre
+            crop of ``crop_size`` when given, else the full image.
+        shuffle: defaults to ``training``. Eval data can be shuffled (seeded) too.
+        cache: ``True`` keeps the encoded files in memory after the first epoch (decoding
+            still runs per epoch: decoded KonIQ would not fit in memory); a string is a
+            file prefix for an on-disk cache; ``False`` re-reads the files every epoch.
+    """
+    if split is not None:
+        table = table.subset(split)
+    if len(table) == 0:
+        raise ValueError(f"{table.name}: split {split!r} has no images")
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not isinstance(patches_per_image, (int, np.integer)) or patches_per_image < 1:
+        raise ValueError(f"patches_per_image must be a positive int, got {patches_per_image!r}")
+    shuffle = training if shuffle is None else bool(shuffle)
+    sizes = image_sizes(table)
+    out_shape: list = [None, None]
+    if training:
+        patch = _hw(patch_size, "patch_size")
+        _check_min(table, sizes, patch, "patch_size")
+        out_shape = list(patch)
+    elif crop_size is not None:
+        crop = _hw(crop_size, "crop_size")
+        _check_min(table, sizes, crop, "crop_size")
+        out_shape = list(crop)
+    else:
+        distinct = np.unique(sizes, axis=0)
+        if len(distinct) == 1:
+            out_shape = [int(distinct[0, 0]), int(distinct[0, 1])]
+        elif batch_size > 1:
+            i = int(np.flatnonzero(np.any(sizes != sizes[0], axis=1))[0])
+            raise ValueError(
+                f"{table.name}: images of split {split!r} differ in size ({len(distinct)} "
+                f"sizes, e.g. {table.absolute_path(0)} is {sizes[0, 1]}x{sizes[0, 0]} and "
+                f"{table.absolute_path(i)} is {sizes[i, 1]}x{sizes[i, 0]}), so full images "
+                f"cannot be batched: pass crop_size=... or batch_size=1")
+
+    paths = tf.constant(table.absolute_paths())
+    mos01 = tf.constant(table.normalize(table.mos).astype(np.float32))
+    n = len(table)
+    auto = tf.data.AUTOTUNE
+    ds = tf.data.Dataset.from_tensor_slices((paths, mos01))
+
+    def read(path, y):
+        return tf.io.read_file(path), y
+
+    if cache:
+        # Cache the file bytes in file order, then shuffle them: each epoch a new order.
+        ds = ds.map(read, num_parallel_calls=auto, deterministic=True)
+        ds = ds.cache() if cache is True else ds.cache(str(cache))
+        if shuffle:
+            ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=training)
+    else:
+        # Shuffle the paths, not the bytes: the buffer then holds no image data.
+        if shuffle:
+            ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=training)
+        ds = ds.map(read, num_parallel_calls=auto, deterministic=True)
+
+    if training:
+        k = int(patches_per_image)
+        ph, pw = out_shape
+        # One stateless seed per image and epoch: crops do not depend on thread timing.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+
+        def crops(item, crop_seed):
+            contents, y = item
+            img = decode_image(contents)
+            sub_seeds = tf.random.experimental.stateless_split(crop_seed, k)
+            patches = tf.stack([tf.image.stateless_random_crop(img, [ph, pw, 3], sub_seeds[j])
+                                for j in range(k)])
+            return patches, tf.fill([k], y)
+
+        ds = tf.data.Dataset.zip((ds, seeds)).map(crops, num_parallel_calls=auto,
+                                                   deterministic=True)
+        ds = ds.unbatch()
+        if k > 1 and shuffle:
+            # Patches of one image arrive together; mix them across batches.
+            ds = ds.shuffle(min(n * k, max(1024, 8 * k)), seed=seed + 1,
+                            reshuffle_each_iteration=True)
+    else:
+        crop = out_shape if crop_size is not None else None
+
+        def load(contents, y):
+            img = decode_image(contents)
+            if crop is not None:
+                h, w = tf.shape(img)[0], tf.shape(img)[1]
+                img = tf.image.crop_to_bounding_box(img, (h - crop[0]) // 2,
+                                                    (w - crop[1]) // 2, crop[0], crop[1])
+            img = tf.ensure_shape(img, [out_shape[0], out_shape[1], 3])
+            return img, y
+
+        ds = ds.map(load, num_parallel_calls=auto, deterministic=True)
+    ds = ds.batch(int(batch_size))
+    return ds.prefetch(auto)
+
+
+def iter_images(table: IQATable, indices=None):
+    """Yield the images of :func:`load_images` one at a time.
+
+    A whole split at full size can be large (KonIQ's 2015 test images are ~19 GB as
+    float32), so evaluation code that scores images one by one should iterate instead.
+    """
+    idx = range(len(table)) if indices is None else [int(i) for i in np.asarray(indices).ravel()]
+    for i in idx:
+        path = str(table.absolute_path(i))
+        if not os.path.isfile(path):
+            raise DataError(path, None, f"image not found (table row {i})")
+        try:
+            yield _decode_eager(tf.io.read_file(path)).numpy()
+        except tf.errors.InvalidArgumentError as e:
+            raise DataError(path, None, f"tf.io cannot decode the image (table row {i}): "
+                            f"{e.message.splitlines()[-1]}") from None
+
+
+def load_images(table: IQATable, indices=None) -> list[np.ndarray]:
+    """Decode images of ``table`` (all, or the rows in ``indices``) as float32 RGB in [0, 1].
+
+    Uses the same decoder as :func:`make_dataset`, so evaluation code sees identical pixels.
+    See :func:`iter_images` to avoid holding a large split in memory.
+    """
+    return list(iter_images(table, indices))
