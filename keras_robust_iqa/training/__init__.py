@@ -1,0 +1,36 @@
+"""Training utilities: correlation statistics, epoch-level metrics, IQA losses."""
+
+from keras_robust_iqa.training.correlation import (
+    correlations,
+    fit_logistic4,
+    krcc,
+    logistic4,
+    plcc,
+    srocc,
+)
+from keras_robust_iqa.training.losses import (
+    MeanAbsoluteError,
+    MeanSquaredError,
+    PairwiseRankLoss,
+    PLCCLoss,
+)
+from keras_robust_iqa.training.metrics import KRCC, PLCC, SROCC
+
+__all__ = [
+    # correlation (NumPy/SciPy reference statistics)
+    "srocc",
+    "plcc",
+    "krcc",
+    "correlations",
+    "logistic4",
+    "fit_logistic4",
+    # Keras metrics
+    "SROCC",
+    "PLCC",
+    "KRCC",
+    # Keras losses
+    "MeanSquaredError",
+    "MeanAbsoluteError",
+    "PLCCLoss",
+    "PairwiseRankLoss",
+]
