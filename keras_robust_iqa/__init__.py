@@ -1,3 +1,10 @@
 """keras-robust-iqa: no-reference IQA models robust to adversarial perturbations by construction."""
 
 __version__ = "0.1.0"
+
+# Importing the package registers every serializable class (layers, metrics,
+# losses), so `keras.saving.load_model(path, safe_mode=True)` finds them.
+from keras_robust_iqa import layers  # noqa: E402,F401
+from keras_robust_iqa.models import backbones as _backbones  # noqa: E402,F401
+from keras_robust_iqa.training import losses as _losses  # noqa: E402,F401
+from keras_robust_iqa.training import metrics as _metrics  # noqa: E402,F401

@@ -138,7 +138,7 @@ class OrthoConv2D(keras.layers.Layer):
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
         )
         self._cache_q = tf.Variable(
-            tf.zeros((2, n_freq, self.filters, self.input_channels)), name="q_cache", **sync
+            tf.zeros((n_freq, self.filters, self.input_channels), tf.complex64), name="q_cache", **sync
         )
         self._cache_kernel = tf.Variable(tf.zeros(self.kernel.shape), name="kernel_seen", **sync)
         self._cache_alpha = tf.Variable(tf.constant(float("nan")), name="alpha_seen", **sync)
@@ -161,13 +161,13 @@ class OrthoConv2D(keras.layers.Layer):
         )
 
         def reuse():
-            return tf.complex(self._cache_q[0], self._cache_q[1])
+            return tf.identity(self._cache_q)
 
         def refresh():
             q = linalg.orthogonal_frequency_matrices(kernel, alpha, *self.fft_size)
             with tf.control_dependencies(
                 [
-                    self._cache_q.assign(tf.stack([tf.math.real(q), tf.math.imag(q)])),
+                    self._cache_q.assign(q),
                     self._cache_kernel.assign(kernel),
                     self._cache_alpha.assign(alpha),
                 ]
@@ -182,20 +182,18 @@ class OrthoConv2D(keras.layers.Layer):
         if s > 1:
             x = tf.nn.space_to_depth(x, s)
         height, width = x.shape[1], x.shape[2]
-        ph, pw = self.kernel_size[0] - 1, self.kernel_size[1] - 1
-        if self.padding == "same":
-            x = tf.pad(x, [[0, 0], [ph // 2, ph - ph // 2], [pw // 2, pw - pw // 2], [0, 0]])
-        fft_h, fft_w = x.shape[1], x.shape[2]
-        x_hat = to_frequency(x)
+        fft_h, fft_w = self._fft_size(height * s, width * s)
+        # Zero padding for "same" comes from the FFT length: rfft2d pads at
+        # the bottom/right, which for a circular convolution is the same
+        # operator as padding both sides (a shift commutes with it).
+        x_hat = to_frequency(x, fft_h, fft_w)
         if training or (fft_h, fft_w) != tuple(self.fft_size):
             # A solve per frequency, without forming the orthogonal matrices:
             # the cheapest exact path when the weights change every step.
             y_hat = linalg.orthogonal_conv_apply(self.kernel, self.alpha, x_hat, fft_h, fft_w)
         else:
             y_hat = tf.matmul(self._cached_frequency_matrices(), x_hat)
-        y = from_frequency(y_hat, fft_h, fft_w)
-        if self.padding == "same":
-            y = y[:, ph // 2 : ph // 2 + height, pw // 2 : pw // 2 + width, :]
+        y = from_frequency(y_hat, fft_h, fft_w, crop=(height, width))
         if self.use_bias:
             y = y + self.bias
         return tf.cast(y, self.compute_dtype)
@@ -219,26 +217,41 @@ class OrthoConv2D(keras.layers.Layer):
         return config
 
 
-def to_frequency(x):
-    """rfft2d of NHWC `x`, laid out `(H * (W // 2 + 1), C, B)` for batched matmuls."""
+def to_frequency(x, height=None, width=None):
+    """rfft2d of NHWC `x`, laid out `(H * (W // 2 + 1), C, B)` for batched matmuls.
+
+    `height`, `width`: FFT size, zero-padding `x` at the bottom and right.
+    """
+    height = height or x.shape[1]
+    width = width or x.shape[2]
     batch, channels = tf.shape(x)[0], x.shape[3]
-    x_hat = tf.signal.rfft2d(tf.transpose(x, (0, 3, 1, 2)))  # (B, C, H, Wf)
+    x_hat = tf.signal.rfft2d(tf.transpose(x, (0, 3, 1, 2)), fft_length=(height, width))
     return tf.transpose(tf.reshape(x_hat, (batch, channels, -1)), (2, 1, 0))
 
 
-def from_frequency(y_hat, height, width):
-    """Inverse of `to_frequency`: `(F, C, B)` complex -> `(B, H, W, C)` float32."""
+def from_frequency(y_hat, height, width, crop=None):
+    """Inverse of `to_frequency`: `(F, C, B)` complex -> `(B, h, w, C)` float32.
+
+    `crop`: `(h, w)` of the top-left part to keep (cropped before the
+    transpose back to NHWC, which then moves less data).
+    """
     batch, channels = tf.shape(y_hat)[2], y_hat.shape[1]
     y_hat = tf.reshape(tf.transpose(y_hat, (2, 1, 0)), (batch, channels, height, width // 2 + 1))
     y = tf.signal.irfft2d(y_hat, fft_length=(height, width))
+    if crop is not None and tuple(crop) != (height, width):
+        y = y[:, :, : crop[0], : crop[1]]
     return tf.transpose(y, (0, 2, 3, 1))
 
 
-def apply_frequency_matrices(x, q):
-    """Circular convolution of NHWC float32 `x` given its per-frequency matrices.
+def apply_frequency_matrices(x, q, height=None, width=None):
+    """Convolution of NHWC float32 `x` given its per-frequency matrices.
 
     Args:
-        x: `(B, H, W, cin)`.
-        q: complex64 `(H * (W // 2 + 1), cout, cin)`.
+        x: `(B, h, w, cin)`.
+        q: complex64 `(height * (width // 2 + 1), cout, cin)`.
+        height, width: the FFT size (default: the input size, a circular
+            convolution); a larger size zero-pads and crops back to `(h, w)`.
     """
-    return from_frequency(tf.matmul(q, to_frequency(x)), x.shape[1], x.shape[2])
+    height = height or x.shape[1]
+    width = width or x.shape[2]
+    return from_frequency(tf.matmul(q, to_frequency(x, height, width)), height, width, crop=x.shape[1:3])
