@@ -30,7 +30,7 @@ Every command of the package must run with no download, so this dataset is made 
   in val and in test, so no photograph (nor any crop of it) is in two splits.
 
 Cache: ``$ROBUST_IQA_CACHE`` or ``~/.cache/keras_robust_iqa``, folder
-``builtin-v1-s{size}-seed{seed}`` with ``images/``, ``mos.csv`` (``path, mos, split, ref,
+``builtin-{VERSION}-s{size}-seed{seed}`` with ``images/``, ``mos.csv`` (``path, mos, split, ref,
 distortion, level``; ``ref`` is the source photograph) and ``manifest.json``. It is built in
 a temporary sibling folder and renamed into place, so an interrupted build leaves no
 half-built dataset, and later calls reuse it.
@@ -56,7 +56,7 @@ from .csv_reader import read_csv
 from .splits import split_groups
 from .table import IQATable
 
-VERSION = "v1"
+VERSION = "v2"  # v2: split stratified by colour / grayscale sources
 MOS_RANGE = (0.0, 100.0)
 REFERENCE_SIZE = 256  # crop size the distortion levels and scene scale were chosen at
 MAX_SOURCE_SIDE = 768  # at REFERENCE_SIZE; bigger photos are shrunk first
@@ -82,6 +82,20 @@ SOURCES = (
     ("retina", "retina", 2),
     ("rocket", "rocket", 2),
 )
+
+
+# Grayscale photographs: the split draws val and test from both kinds, so a test set
+# made only of gray (or only of colour) images cannot happen by chance of the seed.
+GRAYSCALE = frozenset({"brick", "camera", "cell", "coins", "grass", "gravel", "moon"})
+
+
+def builtin_split(seed: int = 0) -> dict[str, str]:
+    """Source photograph -> split, stratified by colour vs grayscale (about 70/10/20 each)."""
+    names = [name for name, _, _ in SOURCES]
+    colour = [n for n in names if n not in GRAYSCALE]
+    gray = [n for n in names if n in GRAYSCALE]
+    return {**split_groups(colour, seed, min_val=1, min_test=2),
+            **split_groups(gray, seed, min_val=1, min_test=1)}
 
 
 # --------------------------------------------------------------------------- distortions
@@ -356,8 +370,7 @@ def _build_into(folder: Path, *, seed: int, size: int) -> dict:
 
     t0 = time.perf_counter()
     (folder / "images").mkdir()
-    names = [name for name, _, _ in SOURCES]
-    assign = split_groups(names, seed, min_val=2, min_test=2)
+    assign = builtin_split(seed)
     weights = msssim_weights(size, size)
     # Sources are independent: two threads overlap the parts that release the GIL (SciPy
     # filtering, NumPy arithmetic, Pillow codecs). Rows are gathered in SOURCES order.

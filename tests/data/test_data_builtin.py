@@ -135,12 +135,15 @@ def test_split_by_source_photograph(builtin_cache, builtin_table):
                            / "manifest.json").read_text())
     assert {n: v["split"] for n, v in manifest["sources"].items()} == \
         dict(zip(t.refs.tolist(), t.splits.tolist()))
-    # The split is a deterministic function of the seed (the build uses split_groups).
+    # The split is a deterministic function of the seed, stratified by colour/gray.
     names = [n for n, _, _ in B.SOURCES]
-    assert split_groups(names, 0, min_val=2, min_test=2) == \
-        {n: manifest["sources"][n]["split"] for n in names}
-    assert split_groups(names, 1, min_val=2, min_test=2) != \
-        split_groups(names, 0, min_val=2, min_test=2)
+    assert B.builtin_split(0) == {n: manifest["sources"][n]["split"] for n in names}
+    assert B.builtin_split(1) != B.builtin_split(0)
+    for seed in range(5):
+        split = B.builtin_split(seed)
+        for part in ("val", "test"):
+            kinds = {n in B.GRAYSCALE for n, s in split.items() if s == part}
+            assert kinds == {True, False}, (seed, part, split)
 
 
 def test_cache_is_reused(builtin_cache, monkeypatch):
@@ -157,7 +160,7 @@ def test_cache_is_reused(builtin_cache, monkeypatch):
 
 def test_default_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("ROBUST_IQA_CACHE", str(tmp_path / "c"))
-    assert B.builtin_folder(seed=3, size=128) == tmp_path / "c" / "builtin-v1-s128-seed3"
+    assert B.builtin_folder(seed=3, size=128) == tmp_path / "c" / f"builtin-{B.VERSION}-s128-seed3"
     monkeypatch.delenv("ROBUST_IQA_CACHE")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert B.default_cache_dir() == tmp_path / "home" / ".cache" / "keras_robust_iqa"
@@ -166,11 +169,11 @@ def test_default_cache_dir(monkeypatch, tmp_path):
 def test_interrupted_build_leaves_nothing_then_builds(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     cache.mkdir()
-    stale = cache / ".builtin-v1-s32-seed0.tmp-old"  # left by a killed build long ago
+    stale = cache / f".builtin-{B.VERSION}-s32-seed0.tmp-old"  # left by a killed build long ago
     stale.mkdir()
     old = time.time() - 2 * B.STALE_TMP_SECONDS
     os.utime(stale, (old, old))
-    fresh = cache / ".builtin-v1-s32-seed0.tmp-running"  # maybe another process: kept
+    fresh = cache / f".builtin-{B.VERSION}-s32-seed0.tmp-running"  # maybe another process: kept
     fresh.mkdir()
     real_write = B._write_png
     calls = {"n": 0}
@@ -188,7 +191,7 @@ def test_interrupted_build_leaves_nothing_then_builds(tmp_path, monkeypatch):
     monkeypatch.setattr(B, "_write_png", real_write)
     t = read_builtin(cache, size=32)
     assert len(t) > 500 and t.sizes[0].tolist() == [32, 32]
-    assert sorted(p.name for p in cache.iterdir()) == [fresh.name, "builtin-v1-s32-seed0"]
+    assert sorted(p.name for p in cache.iterdir()) == [fresh.name, f"builtin-{B.VERSION}-s32-seed0"]
 
 
 def test_concurrent_builder_that_finishes_first_wins(tmp_path, monkeypatch):
