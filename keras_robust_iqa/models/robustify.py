@@ -1,0 +1,297 @@
+"""`robustify(model, mode=...)`: apply RobustBlocks to an existing Keras model."""
+
+import keras
+import numpy as np
+
+from keras_robust_iqa import layers as robust_layers
+from keras_robust_iqa.models.backbones import ChannelReverse
+
+MODES = ("insert", "replace")
+
+# Layers that are already 1-Lipschitz (or the identity at inference) and stay.
+_KEEP = (
+    keras.layers.InputLayer,
+    keras.layers.Flatten,
+    keras.layers.Reshape,
+    keras.layers.Cropping2D,
+    keras.layers.ZeroPadding2D,
+    keras.layers.Dropout,
+    keras.layers.SpatialDropout2D,
+    keras.layers.Identity,
+    keras.layers.Rescaling,
+    keras.layers.Concatenate,
+    keras.layers.Normalization,  # x - mean over a fixed std: Lipschitz 1 / std
+    ChannelReverse,
+)
+_NORMALIZATION = (
+    keras.layers.BatchNormalization,
+    keras.layers.LayerNormalization,
+    keras.layers.GroupNormalization,
+)
+_ACTIVATIONS = (
+    keras.layers.Activation,
+    keras.layers.ReLU,
+    keras.layers.LeakyReLU,
+    keras.layers.ELU,
+    keras.layers.PReLU,
+)
+_POOLING = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
+_GLOBAL_POOLING = (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D)
+
+
+def robustify(model, mode="replace", *, after=None, keep_weights=True, group_size=2):
+    """Apply RobustBlocks to a functional Keras model, with no hand editing.
+
+    Args:
+        model: a functional (or Sequential) Keras model taking fixed-size
+            image patches.
+        mode:
+            - `"insert"`, the paper's recipe: a residual `RobustBlock` (a
+              convex combination `l x + (1 - l) f(x)`, so the stage keeps its
+              width and its function at `l = 1`) is inserted after chosen
+              stages of the unchanged backbone.
+            - `"replace"`: every Conv2D / DepthwiseConv2D becomes an
+              `OrthoConv2D`, Dense an `OrthoDense`, every activation `MaxMin`,
+              pooling `L2NormPooling2D`, global pooling
+              `GlobalL2NormPooling2D`, BatchNorm is dropped, `Add` becomes a
+              `ConvexCombination`, and one learnable `OutputScale` ends the
+              network: the whole model is 1-Lipschitz up to that scale, and
+              `lipschitz_bound` certifies it.
+        after: for `"insert"`, names of the layers to insert a block after.
+            Default: the end of every stage (the last layer before a change
+            of resolution, and the last 4-D layer) below full resolution; the
+            full-resolution stage is skipped because the orthogonal
+            convolution's cost grows with `H x W`.
+        keep_weights: copy the weights of the layers that stay (insert) or
+            initialise orthogonal kernels from the original kernels where the
+            shapes match (replace), so a trained model is a head start.
+        group_size: GroupSort group size for the new activations.
+
+    Returns:
+        A new model; `model` is left unchanged.
+    """
+    if mode not in MODES:
+        raise ValueError(f"Argument `mode` must be one of {MODES}, got mode={mode!r}.")
+    if not isinstance(model, keras.Model) or not hasattr(model, "inputs") or not model.inputs:
+        raise ValueError(
+            f"robustify needs a functional or Sequential Keras model, got {type(model).__name__}."
+        )
+    if mode == "insert":
+        return _insert(model, after, keep_weights, group_size)
+    return _replace(model, keep_weights, group_size)
+
+
+# Insert --------------------------------------------------------------------
+
+
+def flat_layers(model):
+    """The layers of `model`, with nested functional models opened up."""
+    out = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model) and not isinstance(layer, keras.Sequential):
+            out.extend(flat_layers(layer))
+        else:
+            out.append(layer)
+    return out
+
+
+def stage_ends(model):
+    """Names of the last layer of each resolution stage, in order."""
+    four_d = [
+        layer for layer in flat_layers(model)
+        if not isinstance(layer, keras.layers.InputLayer) and len(layer.output.shape) == 4
+    ]
+    ends = []
+    for layer, nxt in zip(four_d, four_d[1:] + [None]):
+        if nxt is None or nxt.output.shape[1:3] != layer.output.shape[1:3]:
+            # A pooling layer ends a stage by changing the size: take the
+            # layer that feeds it.
+            ends.append(layer.name)
+    return ends
+
+
+def _default_insert_points(model):
+    full = model.inputs[0].shape[1:3]
+    chosen = []
+    by_name = {layer.name: layer for layer in flat_layers(model)}
+    for name in stage_ends(model):
+        layer = by_name[name]
+        if isinstance(layer, (*_POOLING, keras.layers.MaxPooling2D)):
+            continue
+        if tuple(layer.output.shape[1:3]) != tuple(full):
+            chosen.append(name)
+    return chosen
+
+
+def _insert(model, after, keep_weights, group_size):
+    by_name = {layer.name: layer for layer in flat_layers(model)}
+    names = set(by_name)
+    after = list(after) if after is not None else _default_insert_points(model)
+    unknown = [n for n in after if n not in names]
+    if unknown:
+        raise ValueError(f"Argument `after` names layers not in the model: {unknown}.")
+    if not after:
+        raise ValueError("No layer to insert a RobustBlock after: pass `after=[...]`.")
+    for name in after:
+        shape = by_name[name].output.shape
+        if len(shape) != 4:
+            raise ValueError(
+                f"Argument `after`: layer '{name}' has output shape {tuple(shape)}; a "
+                "RobustBlock needs a 4-D (batch, height, width, channels) output."
+            )
+        if shape[-1] % group_size:
+            raise ValueError(
+                f"Layer '{name}' has {shape[-1]} channels, not divisible by group_size={group_size}."
+            )
+    targets = set(after)
+
+    def call_function(layer, *args, **kwargs):
+        out = layer(*args, **kwargs)
+        if layer.name in targets:
+            block = robust_layers.RobustBlock(
+                out.shape[-1], group_size=group_size, residual=True, residual_init=0.9,
+                name=f"{layer.name}_robust_block",
+            )
+            out = block(out)
+        return out
+
+    new = keras.models.clone_model(model, call_function=call_function, recursive=True)
+    new.name = f"{model.name}_insert"
+    if keep_weights:
+        new_by_name = {layer.name: layer for layer in flat_layers(new)}
+        for name, layer in by_name.items():
+            new_by_name[name].set_weights(layer.get_weights())
+    return new
+
+
+# Replace -------------------------------------------------------------------
+
+
+def _activation_name(layer):
+    act = getattr(layer, "activation", None)
+    if act is None:
+        return "linear"
+    return getattr(act, "__name__", str(act))
+
+
+def _unsupported(layer, why=""):
+    return ValueError(
+        f"robustify(mode='replace') has no 1-Lipschitz counterpart for layer "
+        f"'{layer.name}' ({type(layer).__name__}){': ' + why if why else ''}."
+    )
+
+
+def _shape_fix(layer, produced, name):
+    """Crop the replacement's output to the original layer's output size."""
+    expected = layer.output.shape[1:3]
+    dh, dw = produced[0] - expected[0], produced[1] - expected[1]
+    if dh < 0 or dw < 0:
+        raise _unsupported(layer, f"its output {tuple(expected)} is larger than the orthogonal one {produced}")
+    if dh == dw == 0:
+        return []
+    return [keras.layers.Cropping2D(((dh // 2, dh - dh // 2), (dw // 2, dw - dw // 2)), name=f"{name}_crop")]
+
+
+def _replacement(layer, group_size):
+    """The 1-Lipschitz layer (or small Sequential) that stands in for `layer`."""
+    name = layer.name
+    if isinstance(layer, _KEEP):
+        return layer.__class__.from_config(layer.get_config())
+    if isinstance(layer, _NORMALIZATION):
+        return keras.layers.Identity(name=name)
+    if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
+        in_shape = layer.input.shape
+        filters = layer.filters if isinstance(layer, keras.layers.Conv2D) else in_shape[-1] * layer.depth_multiplier
+        strides = layer.strides
+        if strides[0] != strides[1] or strides[0] not in (1, 2):
+            raise _unsupported(layer, f"strides {strides}; OrthoConv2D takes 1 or 2")
+        if layer.dilation_rate not in ((1, 1), 1):
+            raise _unsupported(layer, "dilated convolution")
+        if getattr(layer, "groups", 1) != 1:
+            raise _unsupported(layer, "grouped convolution")
+        s = strides[0]
+        if in_shape[1] % s or in_shape[2] % s:
+            raise _unsupported(layer, f"strides {s} do not divide the input size {tuple(in_shape[1:3])}")
+        conv = robust_layers.OrthoConv2D(
+            filters, layer.kernel_size, strides=s, padding="same", name=f"{name}_ortho"
+        )
+        parts = [conv] + _shape_fix(layer, (in_shape[1] // s, in_shape[2] // s), name)
+        if _activation_name(layer) != "linear":
+            parts.append(robust_layers.GroupSort(group_size, name=f"{name}_groupsort"))
+        return parts[0] if len(parts) == 1 else keras.Sequential(parts, name=name)
+    if isinstance(layer, keras.layers.Dense):
+        dense = robust_layers.OrthoDense(layer.units, name=f"{name}_ortho")
+        if _activation_name(layer) == "linear":
+            return dense
+        return keras.Sequential([dense, robust_layers.GroupSort(group_size, name=f"{name}_groupsort")], name=name)
+    if isinstance(layer, _ACTIVATIONS):
+        if isinstance(layer, keras.layers.Activation) and _activation_name(layer) == "linear":
+            return keras.layers.Identity(name=name)
+        return robust_layers.GroupSort(group_size, name=name)
+    if isinstance(layer, _POOLING):
+        in_shape = layer.input.shape
+        s = layer.strides[0]
+        if in_shape[1] % s or in_shape[2] % s:
+            raise _unsupported(layer, f"strides {s} do not divide the input size {tuple(in_shape[1:3])}")
+        parts = [robust_layers.L2NormPooling2D(layer.strides, name=f"{name}_l2")]
+        parts += _shape_fix(layer, (in_shape[1] // s, in_shape[2] // s), name)
+        return parts[0] if len(parts) == 1 else keras.Sequential(parts, name=name)
+    if isinstance(layer, _GLOBAL_POOLING):
+        if getattr(layer, "keepdims", False):
+            raise _unsupported(layer, "keepdims=True")
+        return robust_layers.GlobalL2NormPooling2D(name=name)
+    if isinstance(layer, keras.layers.Add):
+        return robust_layers.ConvexCombination(name=name)
+    raise _unsupported(layer)
+
+
+def _replace(model, keep_weights, group_size):
+    replaced = {}
+
+    def clone_function(layer):
+        new = _replacement(layer, group_size)
+        replaced[layer.name] = new
+        return new
+
+    def call_function(layer, *args, **kwargs):
+        # The originals' call kwargs (a BatchNorm's `mask`) need not fit the
+        # replacements; none of the replacements uses a mask.
+        kwargs.pop("mask", None)
+        return layer(*args, **kwargs)
+
+    body = keras.models.clone_model(
+        model, clone_function=clone_function, call_function=call_function, recursive=True
+    )
+    if len(body.outputs) != 1:
+        raise ValueError("robustify(mode='replace') supports single-output models.")
+    outputs = robust_layers.OutputScale(scale=1.0, offset=0.5, name="output_scale")(body.outputs[0])
+    new = keras.Model(body.inputs, outputs, name=f"{model.name}_replace")
+    if keep_weights:
+        _transfer_kernels(model, replaced)
+    return new
+
+
+def _transfer_kernels(model, replaced):
+    """Start each orthogonal kernel from the original one where shapes match."""
+    for layer in flat_layers(model):
+        new = replaced.get(layer.name)
+        if new is None or not hasattr(layer, "kernel"):
+            continue
+        target = new.layers[0] if isinstance(new, keras.Sequential) else new
+        kernel = getattr(target, "kernel", None)
+        if kernel is None:
+            continue
+        source = np.asarray(layer.kernel)
+        if tuple(kernel.shape) == source.shape and np.any(source):
+            kernel.assign(source)
+            target.alpha.assign(_alpha_for(target))
+
+
+def _alpha_for(layer):
+    """Re-derive `alpha` from the new kernel, as at initialisation."""
+    from keras_robust_iqa.layers import linalg
+
+    if isinstance(layer, robust_layers.OrthoConv2D):
+        basis = linalg.DFTBasis.of(layer.kernel, *layer.fft_size)
+        return basis.spectrum_norm(linalg.kernel_taps(layer.kernel))
+    return np.linalg.norm(np.asarray(layer.kernel))

@@ -1,0 +1,209 @@
+"""Training an IQA model with plain `model.fit`, into a run folder.
+
+A run folder holds what the next stages read:
+- `model.keras`: the best model by validation SROCC (load with safe_mode=True);
+- `config.json`: the `TrainConfig` plus what it resolved to (MOS scale, patch size);
+- `metrics.json`: SROCC / PLCC / KRCC on the test split (whole images, patch-averaged),
+  parameters, the Lipschitz bound where one exists, training time;
+- `history.csv`: per-epoch logs; `backup/`: BackupAndRestore state while training runs.
+"""
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import time
+
+import keras
+import tensorflow as tf
+
+from keras_robust_iqa import data as iqa_data
+from keras_robust_iqa import models as iqa_models
+from keras_robust_iqa.training import losses as iqa_losses
+from keras_robust_iqa.training.correlation import correlations
+from keras_robust_iqa.training.metrics import KRCC, PLCC, SROCC
+
+LOSSES = {
+    "mse": lambda: keras.losses.MeanSquaredError(),
+    "l1": lambda: keras.losses.MeanAbsoluteError(),
+    "plcc": lambda: iqa_losses.PLCCLoss(),
+    "rank": lambda: iqa_losses.PairwiseRankLoss(),
+}
+ROBUST_MODES = ("insert", "replace")
+STRATEGIES = ("auto", "none", "mirrored", "multiworker")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a training run depends on; written to `config.json`."""
+
+    dataset: str = "builtin"
+    data_dir: str | None = None
+    model: str = "small"
+    robust: str | None = None
+    weights: str | None = None
+    init_from: str | None = None
+    epochs: int = 30
+    batch_size: int = 32
+    patch_size: int = 64
+    patches_per_image: int = 4
+    learning_rate: float = 1e-3
+    loss: str = "mse"
+    patience: int = 8
+    seed: int = 0
+    strategy: str = "auto"
+
+    def validate(self):
+        if self.model not in iqa_models.MODEL_NAMES:
+            raise ValueError(f"--model must be one of {iqa_models.MODEL_NAMES}, got {self.model!r}.")
+        if self.robust not in (None, *ROBUST_MODES):
+            raise ValueError(f"--robust must be one of {ROBUST_MODES}, got {self.robust!r}.")
+        if self.loss not in LOSSES:
+            raise ValueError(f"--loss must be one of {tuple(LOSSES)}, got {self.loss!r}.")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"--strategy must be one of {STRATEGIES}, got {self.strategy!r}.")
+        for name in ("epochs", "batch_size", "patch_size", "patches_per_image"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}.")
+        if not self.learning_rate > 0:
+            raise ValueError(f"--learning-rate must be positive, got {self.learning_rate!r}.")
+
+
+def make_strategy(name="auto"):
+    """`auto`: MultiWorkerMirroredStrategy when TF_CONFIG is set, else the default."""
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker" or (name == "auto" and os.environ.get("TF_CONFIG")):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def load_run_model(run):
+    """The model of a run folder, loaded in safe mode."""
+    path = pathlib.Path(run) / "model.keras"
+    if not path.is_file():
+        raise FileNotFoundError(f"Run folder {run} holds no model.keras.")
+    return keras.saving.load_model(path, safe_mode=True, compile=False)
+
+
+def build(config):
+    """The model a config describes (robustified, initialised from a run if asked)."""
+    if config.init_from:
+        model = load_run_model(config.init_from)
+    else:
+        model = iqa_models.build_model(config.model, config.patch_size, weights=config.weights)
+    if config.robust:
+        model = iqa_models.robustify(model, mode=config.robust)
+    return model
+
+
+def compile_model(model, config):
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        loss=LOSSES[config.loss](),
+        metrics=[SROCC(), PLCC()],
+    )
+    return model
+
+
+def evaluate_images(model, table, split):
+    """SROCC / PLCC / KRCC of patch-averaged scores on whole images of a split."""
+    subset = table.subset(split)
+    predictions = iqa_models.score_images(model, iqa_data.iter_images(subset))
+    result = correlations(predictions, subset.normalize(subset.mos))
+    result["images"] = len(subset)
+    return result
+
+
+def train(config, out, *, verbose="auto", callbacks=()):
+    """Train a model as `config` says, writing a run folder at `out`.
+
+    Re-running the same command after an interruption resumes from the last
+    finished epoch (`BackupAndRestore`); no epoch is lost.
+
+    Returns:
+        The metrics dictionary written to `metrics.json`.
+    """
+    config.validate()
+    # First, before any TensorFlow op: MultiWorkerMirroredStrategy configures
+    # collective ops, which TensorFlow only allows at program start-up.
+    strategy = make_strategy(config.strategy)
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(config.seed)
+
+    table = iqa_data.load_table(config.dataset, config.data_dir, min_size=config.patch_size)
+    train_ds = iqa_data.make_dataset(
+        table, "train", patch_size=config.patch_size, batch_size=config.batch_size,
+        training=True, patches_per_image=config.patches_per_image, seed=config.seed,
+    )
+    val_ds = iqa_data.make_dataset(
+        table, "val", patch_size=config.patch_size, batch_size=config.batch_size,
+        training=False, crop_size=config.patch_size,
+    )
+
+    with strategy.scope():
+        model = compile_model(build(config), config)
+
+    resolved = dataclasses.asdict(config) | {
+        "mos_range": list(table.mos_range),
+        "dataset_name": table.name,
+        "model_name": model.name,
+        "replicas": strategy.num_replicas_in_sync,
+    }
+    (out / "config.json").write_text(json.dumps(resolved, indent=2))
+
+    # Resuming (a backup is left): keep the history and the best model unless a
+    # later epoch beats it. Otherwise a fresh run: a fresh history.
+    resuming = (out / "backup").is_dir()
+    best_so_far = _best_logged(out / "history.csv", "val_srocc") if resuming else None
+    if not resuming:
+        (out / "history.csv").unlink(missing_ok=True)
+    fit_callbacks = [
+        keras.callbacks.BackupAndRestore(str(out / "backup")),
+        keras.callbacks.ModelCheckpoint(
+            str(out / "model.keras"), monitor="val_srocc", mode="max", save_best_only=True,
+            initial_value_threshold=best_so_far,
+        ),
+        keras.callbacks.EarlyStopping(monitor="val_srocc", mode="max", patience=config.patience),
+        keras.callbacks.CSVLogger(str(out / "history.csv"), append=True),
+        *callbacks,
+    ]
+    start = time.perf_counter()
+    model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=fit_callbacks, verbose=verbose)
+    seconds = time.perf_counter() - start
+
+    best = load_run_model(out)
+    metrics = {
+        "test": evaluate_images(best, table, "test"),
+        "val": evaluate_images(best, table, "val"),
+        "params": int(best.count_params()),
+        "lipschitz_bound": _bound_or_none(best),
+        "train_seconds": round(seconds, 1),
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def _best_logged(path, key):
+    """The largest finite value of column `key` in a CSVLogger file, or None."""
+    try:
+        with open(path, newline="") as f:
+            values = [float(row[key]) for row in csv.DictReader(f) if row.get(key)]
+    except (OSError, KeyError, ValueError):
+        return None
+    finite = [v for v in values if math.isfinite(v)]
+    return max(finite) if finite else None
+
+
+def _bound_or_none(model):
+    try:
+        return iqa_models.lipschitz_bound(model)
+    except ValueError:
+        return None
+
+
+__all__ = ["TrainConfig", "build", "compile_model", "evaluate_images", "load_run_model", "make_strategy", "train"]

@@ -1,0 +1,161 @@
+import keras
+import numpy as np
+import pytest
+import skimage.data
+import tensorflow as tf
+
+from keras_robust_iqa import layers as robust_layers
+from keras_robust_iqa.layers.linalg import jacobian_spectral_norm
+from keras_robust_iqa.models import (
+    backbone_iqa_model,
+    build_model,
+    lipschitz_bound,
+    patch_grid,
+    robustify,
+    score_images,
+    small_iqa_cnn,
+    stage_ends,
+)
+
+
+def photo_patches(n=6, size=32):
+    img = skimage.data.astronaut().astype("float32") / 255.0
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(n):
+        i, j = rng.integers(0, 512 - size, 2)
+        out.append(img[i : i + size, j : j + size])
+    return np.stack(out)
+
+
+def perturb_weights(model, scale=0.3, seed=0):
+    rng = np.random.default_rng(seed)
+    model.set_weights([w + scale * rng.normal(size=w.shape).astype(w.dtype) for w in model.get_weights()])
+
+
+def test_small_cnn_shapes_and_bad_patch():
+    model = small_iqa_cnn(32)
+    assert model.output_shape == (None, 1)
+    assert stage_ends(model) == ["relu1", "relu2", "relu3", "relu4"]
+    with pytest.raises(ValueError, match="patch_size`=30"):
+        small_iqa_cnn(30)
+
+
+def test_insert_keeps_backbone_and_adds_residual_blocks():
+    base = small_iqa_cnn(32)
+    perturb_weights(base, 0.05)
+    model = robustify(base, "insert")
+    blocks = [l for l in model.layers if isinstance(l, robust_layers.RobustBlock)]
+    assert [b.name for b in blocks] == ["relu2_robust_block", "relu3_robust_block", "relu4_robust_block"]
+    assert all(b.residual for b in blocks)
+    # The backbone's weights are the base model's.
+    for layer in base.layers:
+        for a, b in zip(layer.get_weights(), model.get_layer(layer.name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    x = photo_patches()
+    assert model(x).shape == (6, 1)
+    # The base model is left unchanged and still works.
+    assert base(x).shape == (6, 1)
+    custom = robustify(base, "insert", after=["relu1"])
+    assert [l.name for l in custom.layers if isinstance(l, robust_layers.RobustBlock)] == ["relu1_robust_block"]
+
+
+def test_insert_bad_arguments():
+    base = small_iqa_cnn(32)
+    with pytest.raises(ValueError, match="not in the model: \\['nope'\\]"):
+        robustify(base, "insert", after=["nope"])
+    with pytest.raises(ValueError, match="'fc1' has output shape"):
+        robustify(base, "insert", after=["fc1"])
+    with pytest.raises(ValueError, match="mode='sideways'"):
+        robustify(base, "sideways")
+
+
+def test_replace_is_certified_and_sound_on_real_images():
+    base = small_iqa_cnn(32)
+    model = robustify(base, "replace")
+    allowed = (
+        robust_layers.OrthoConv2D, robust_layers.OrthoDense, robust_layers.GroupSort,
+        robust_layers.L2NormPooling2D, robust_layers.GlobalL2NormPooling2D,
+        robust_layers.OutputScale, keras.layers.Identity, keras.layers.InputLayer, keras.Sequential,
+    )
+    assert all(isinstance(l, allowed) for l in model.layers), [type(l).__name__ for l in model.layers]
+    perturb_weights(model, 0.2)
+    model.get_layer("output_scale").scale.assign(7.0)
+    bound = lipschitz_bound(model)
+    assert bound == pytest.approx(7.0 / 4.0)  # |scale| / sqrt(4 x 4 final positions)
+    x = photo_patches(4)
+    empirical = np.asarray(jacobian_spectral_norm(lambda t: model(t, training=False), x, iterations=10))
+    assert empirical.max() <= bound * (1 + 1e-4)
+    assert empirical.max() > 0  # a real measurement
+    # Whole 64x96 images, patch-averaged over a 2x3 grid: the bound shrinks by sqrt(6).
+    assert lipschitz_bound(model, image_shape=(64, 96)) == pytest.approx(bound / np.sqrt(6))
+
+
+def test_replace_round_trips(tmp_path):
+    model = robustify(small_iqa_cnn(32), "replace")
+    x = photo_patches()
+    expected = model.predict(x, verbose=0)
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), expected, atol=1e-6)
+    assert lipschitz_bound(reloaded) == pytest.approx(lipschitz_bound(model))
+
+
+def test_lipschitz_bound_refuses_uncertifiable_models():
+    with pytest.raises(ValueError, match="'conv1' \\(Conv2D\\)"):
+        lipschitz_bound(small_iqa_cnn(32))
+    insert = robustify(small_iqa_cnn(32), "insert")
+    with pytest.raises(ValueError, match="cannot certify"):
+        lipschitz_bound(insert)
+
+
+def test_replace_resnet50_crops_and_convex_residuals():
+    # Structure and certificate only: a forward pass of a 23M-parameter
+    # orthogonal ResNet50 costs minutes of Cayley solves on a CPU.
+    base = backbone_iqa_model("resnet50", 32, weights=None)
+    model = robustify(base, "replace")
+    sub = [l for l in model.layers if isinstance(l, keras.Model)]
+    assert sub, "the backbone is a nested model"
+    nested = sub[0]
+    kinds = {type(l).__name__ for l in nested.layers}
+    assert "ConvexCombination" in kinds and "Add" not in kinds
+    assert "Conv2D" not in kinds and "BatchNormalization" not in kinds
+    assert model.output_shape == (None, 1)
+    bound = lipschitz_bound(model)
+    assert 0 < bound < np.inf
+
+
+def test_replace_names_unsupported_layers():
+    base = backbone_iqa_model("mobilenetv3", 64, weights=None)
+    with pytest.raises(ValueError, match="no 1-Lipschitz counterpart for layer '[a-z_0-9]+' \\([A-Za-z0-9]+\\)"):
+        robustify(base, "replace")
+
+
+@pytest.mark.parametrize("name", ["resnet50", "mobilenetv3", "efficientnetv2b0"])
+def test_backbones_build_and_load_weight_files(name, tmp_path):
+    model = build_model(name, 64)
+    x = photo_patches(2, 64)
+    assert model(x).shape == (2, 1)
+    path = tmp_path / "m.keras"
+    model.save(path)
+    again = build_model(name, 64, weights=str(path))
+    np.testing.assert_allclose(again.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_bad_model_arguments():
+    with pytest.raises(ValueError, match="'vgg'"):
+        build_model("vgg")
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        backbone_iqa_model("resnet50", 64, weights="/nonexistent.weights.h5")
+
+
+def test_score_images_averages_a_centred_grid():
+    model = small_iqa_cnn(32)
+    img = skimage.data.coffee()[:70, :100].astype("float32") / 255.0  # 2 x 3 grid, borders left out
+    grid = np.asarray(patch_grid(img[None], 32)[0])
+    assert grid.shape == (6, 32, 32, 3)
+    np.testing.assert_array_equal(grid[0], img[3:35, 2:34])
+    expected = model.predict(grid, verbose=0).mean()
+    np.testing.assert_allclose(score_images(model, [img]), [expected], rtol=1e-5)
+    with pytest.raises(ValueError, match="smaller than the patch size 32"):
+        score_images(model, [img[:20]])
