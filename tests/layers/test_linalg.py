@@ -67,3 +67,36 @@ def test_spectrum_norm_without_the_spectrum():
     np.testing.assert_allclose(
         basis.spectrum_norm(taps), tf.sqrt(tf.reduce_sum(tf.abs(spectrum) ** 2)), rtol=1e-5
     )
+
+
+def test_solve_and_its_gradient_match_tensorflow():
+    rng = np.random.default_rng(4)
+    m = tf.constant(rng.normal(size=(5, 4, 4)) + 1j * rng.normal(size=(5, 4, 4)) + 4 * np.eye(4), tf.complex64)
+    x = tf.constant(rng.normal(size=(5, 4, 3)) + 1j * rng.normal(size=(5, 4, 3)), tf.complex64)
+    weights = tf.constant(rng.normal(size=(5, 4, 3)), tf.float32)
+    grads = []
+    for fn in (linalg.solve, tf.linalg.solve):
+        with tf.GradientTape() as tape:
+            tape.watch([m, x])
+            loss = tf.reduce_sum(tf.abs(fn(m, x)) ** 2 * weights)
+        grads.append(tape.gradient(loss, [m, x]))
+    np.testing.assert_allclose(linalg.solve(m, x), tf.linalg.solve(m, x), atol=1e-5)
+    for ours, theirs in zip(*grads):
+        np.testing.assert_allclose(ours, theirs, atol=1e-4)
+
+
+def test_fast_path_gradients_match_generic_cayley():
+    rng = np.random.default_rng(5)
+    kernel = tf.Variable(rng.normal(size=(3, 3, 4, 4)), dtype=tf.float32)
+    alpha = tf.Variable(3.0)
+    x_hat = tf.constant(rng.normal(size=(7 * 4, 4, 2)) + 1j * rng.normal(size=(7 * 4, 4, 2)), tf.complex64)
+    grads = []
+    for fn in (
+        lambda: linalg.orthogonal_conv_apply(kernel, alpha, x_hat, 7, 6),
+        lambda: tf.matmul(linalg.orthogonal_frequency_matrices(kernel, alpha, 7, 6), x_hat),
+    ):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.math.real(fn()) * tf.range(2, dtype=tf.float32))
+        grads.append(tape.gradient(loss, [kernel, alpha]))
+    for ours, theirs in zip(*grads):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-4)
