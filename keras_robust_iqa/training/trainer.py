@@ -72,13 +72,27 @@ class TrainConfig:
             raise ValueError(f"--learning-rate must be positive, got {self.learning_rate!r}.")
 
 
+_STRATEGIES = {}
+
+
 def make_strategy(name="auto"):
-    """`auto`: MultiWorkerMirroredStrategy when TF_CONFIG is set, else the default."""
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multiworker" or (name == "auto" and os.environ.get("TF_CONFIG")):
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    return tf.distribute.get_strategy()
+    """`auto`: MultiWorkerMirroredStrategy when TF_CONFIG is set, else the default.
+
+    One strategy of each kind per process, reused by later calls: the collective
+    keys of a second MirroredStrategy restart where the first one's did, so a second
+    model trained in the same process fails with "Shape mismatch in the collective
+    instance" (tensorflow/tensorflow#62790).
+    """
+    if name == "auto":
+        name = "multiworker" if os.environ.get("TF_CONFIG") else "none"
+    if name not in ("mirrored", "multiworker"):
+        return tf.distribute.get_strategy()
+    if name not in _STRATEGIES:
+        _STRATEGIES[name] = (
+            tf.distribute.MirroredStrategy() if name == "mirrored"
+            else tf.distribute.MultiWorkerMirroredStrategy()
+        )
+    return _STRATEGIES[name]
 
 
 def load_run_model(run):

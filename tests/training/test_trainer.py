@@ -1,0 +1,400 @@
+"""The training path end to end: `train(config, out)` on a tiny built-in dataset.
+
+The built-in dataset is built once per session at 64 px (a few seconds) in a temporary
+cache. `train` reads the built-in set at its default size (256 px, about a minute to build
+and 16x more patches to score), so these tests point its reader at the 64-px build
+(`small_builtin`, and `PRELUDE` in the subprocesses). Runs use the `small` model on
+32-px patches (16 px under MirroredStrategy), one patch per image and 1-4 epochs.
+
+Distribution strategies need a fresh process (logical devices and collective ops must be
+configured before TensorFlow starts), so those runs happen in subprocesses that print a
+JSON result. The `robust="replace"` run is one of them (MirroredStrategy); the `insert`
+run trains RobustBlocks without a strategy.
+"""
+
+import csv
+import dataclasses
+import functools
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+from keras_robust_iqa import data as iqa_data
+from keras_robust_iqa import layers as robust_layers
+from keras_robust_iqa.data.builtin import builtin_folder
+from keras_robust_iqa.models import lipschitz_bound
+from keras_robust_iqa.training.trainer import TrainConfig, build, load_run_model, train
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SIZE = 64  # side of the built-in images in these tests
+PATCH = 32
+
+
+@pytest.fixture(scope="session")
+def builtin_cache(tmp_path_factory):
+    """One small build of the built-in dataset shared by the whole session."""
+    from keras_robust_iqa.data.builtin import ensure_builtin
+
+    cache = tmp_path_factory.mktemp("builtin-cache")
+    ensure_builtin(cache, seed=0, size=SIZE)
+    return cache
+
+
+@pytest.fixture(scope="module", autouse=True)
+def small_builtin(builtin_cache):
+    """`load_table("builtin", cache)` reads the 64-px build instead of building 256 px."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(iqa_data, "read_builtin", functools.partial(iqa_data.read_builtin, size=SIZE))
+        mp.delenv("TF_CONFIG", raising=False)  # strategy="auto": no multi-worker here
+        yield builtin_cache
+    # Nothing else was built into the cache: the patch was in effect for every run.
+    assert [p.name for p in builtin_cache.iterdir()] == [builtin_folder(size=SIZE).name]
+
+
+def tiny(cache, **overrides):
+    settings = dict(
+        dataset="builtin", data_dir=str(cache), model="small", epochs=1, batch_size=32,
+        patch_size=PATCH, patches_per_image=1, patience=10, seed=0,
+    )
+    return TrainConfig(**(settings | overrides))
+
+
+def history_rows(run):
+    with open(run / "history.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def all_layers(model):
+    """Every layer, nested models (functional and Sequential) opened up."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from all_layers(layer)
+
+
+def assert_correlations(result):
+    for name in ("srocc", "plcc", "krcc"):
+        assert math.isfinite(result[name]) and -1.0 <= result[name] <= 1.0, result
+    assert result["images"] > 0
+
+
+def assert_run_folder(run, metrics, patch=PATCH, replicas=1):
+    """The files every finished run leaves; returns the reloaded model."""
+    assert {p.name for p in run.iterdir()} == {"model.keras", "config.json", "metrics.json",
+                                                 "history.csv"}  # backup/ is gone
+    model = keras.saving.load_model(run / "model.keras", safe_mode=True)
+    assert model.input_shape == (None, patch, patch, 3)
+    assert json.loads((run / "metrics.json").read_text()) == metrics
+    assert_correlations(metrics["test"])
+    assert_correlations(metrics["val"])
+    assert metrics["params"] == model.count_params()
+    assert metrics["train_seconds"] >= 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["patch_size"] == patch and config["replicas"] == replicas
+    assert config["dataset_name"] == "builtin" and config["mos_range"] == [0.0, 100.0]
+    rows = history_rows(run)
+    assert [int(r["epoch"]) for r in rows] == list(range(config["epochs"]))
+    assert all(math.isfinite(float(r["val_srocc"])) for r in rows)
+    return model
+
+
+class Interrupted(Exception):
+    pass
+
+
+def copy_weights(model):
+    return [np.array(w) for w in model.get_weights()]
+
+
+class Script(keras.callbacks.Callback):
+    """Records the epochs and weights it sees; interrupts after an epoch; can pin weights.
+
+    `pin`: weights set back after every training batch, so the epoch ends (and is
+    validated) with exactly these weights.
+    """
+
+    def __init__(self, interrupt_after=None, pin=None):
+        super().__init__()
+        self.interrupt_after, self.pin = interrupt_after, pin
+        self.epochs, self.weights = [], {}
+
+    def on_train_begin(self, logs=None):
+        self.start = copy_weights(self.model)  # after BackupAndRestore restored its state
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.pin is not None:
+            self.model.set_weights(self.pin)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.weights[epoch] = copy_weights(self.model)
+        if epoch == self.interrupt_after:
+            raise Interrupted(f"stopped after epoch {epoch}")
+
+
+def assert_same_weights(a, b):
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture(scope="module")
+def base_run(small_builtin, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "base"
+    metrics = train(tiny(small_builtin, epochs=2), run, verbose=0)
+    return run, metrics
+
+
+# ----------------------------------------------------------------------------
+# Runs
+# ----------------------------------------------------------------------------
+
+
+def test_base_run_writes_the_run_folder(base_run, small_builtin):
+    run, metrics = base_run
+    model = assert_run_folder(run, metrics)
+    assert metrics["lipschitz_bound"] is None  # a plain CNN has no certified bound
+    assert not any(isinstance(layer, robust_layers.OrthoConv2D) for layer in all_layers(model))
+    config = json.loads((run / "config.json").read_text())
+    assert config == dataclasses.asdict(tiny(small_builtin, epochs=2)) | {
+        "mos_range": [0.0, 100.0], "dataset_name": "builtin", "model_name": "small_iqa_cnn",
+        "replicas": 1,
+    }
+    # The test split holds whole images, scored by averaging the (64/32)^2 patches.
+    table = iqa_data.load_table("builtin", config["data_dir"])
+    assert metrics["test"]["images"] == len(table.subset("test"))
+
+
+def test_init_from_loads_the_run_model(base_run):
+    run, _ = base_run
+    saved = load_run_model(run)
+    started = build(TrainConfig(init_from=str(run), patch_size=PATCH))
+    assert_same_weights(started.get_weights(), saved.get_weights())
+    # Robustified on top: the layers of the run keep their trained weights.
+    robust = build(TrainConfig(init_from=str(run), robust="insert", patch_size=PATCH))
+    by_name = {layer.name: layer for layer in all_layers(robust)}
+    for layer in all_layers(saved):
+        assert_same_weights(by_name[layer.name].get_weights(), layer.get_weights())
+    with pytest.raises(FileNotFoundError, match="no model.keras"):
+        build(TrainConfig(init_from=str(run / "missing")))
+
+
+def test_robust_insert_run_from_a_trained_run(base_run, small_builtin, tmp_path):
+    run, _ = base_run
+    # Written over a copy of a finished run: a fresh run replaces what is there.
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    seen = Script()
+    config = tiny(small_builtin, robust="insert", init_from=str(run))
+    metrics = train(config, out, verbose=0, callbacks=[seen])
+    model = assert_run_folder(out, metrics)  # history.csv: only this run's epoch
+    assert seen.epochs == [0]
+    assert_same_weights(model.get_weights(), seen.weights[0])
+    assert any(isinstance(layer, robust_layers.RobustBlock) for layer in all_layers(model))
+    assert metrics["lipschitz_bound"] is None  # the backbone's own layers stay unbounded
+    assert json.loads((out / "config.json").read_text())["init_from"] == str(run)
+
+
+# ----------------------------------------------------------------------------
+# Resuming after an interruption
+# ----------------------------------------------------------------------------
+
+
+def test_resume_after_interruption_loses_no_epoch(small_builtin, tmp_path):
+    config = tiny(small_builtin, epochs=4)
+    first = Script(interrupt_after=1)  # raises at the end of epoch 2 of 4
+    with pytest.raises(Interrupted):
+        train(config, tmp_path, verbose=0, callbacks=[first])
+    assert first.epochs == [0, 1]
+    assert (tmp_path / "backup").is_dir()
+    assert not (tmp_path / "metrics.json").exists()
+    rows = history_rows(tmp_path)
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    val = [float(r["val_srocc"]) for r in rows]
+    best, worse = (0, 1) if val[0] >= val[1] else (1, 0)  # a tie keeps the first
+
+    # Rerun the same call. The resumed epochs are pinned to the worse epoch's weights, so
+    # they validate below the best one: model.keras must stay the best epoch's model.
+    second = Script(pin=first.weights[worse])
+    metrics = train(config, tmp_path, verbose=0, callbacks=[second])
+    assert second.epochs == [2, 3]  # starts after the last finished epoch
+    assert_same_weights(second.start, first.weights[1])  # ...from where it stopped
+    rows = history_rows(tmp_path)
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]  # none repeated, none lost
+    assert [float(r["val_srocc"]) for r in rows] == pytest.approx(val + [val[worse]] * 2, abs=1e-6)
+    assert not (tmp_path / "backup").exists()  # removed after success
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    assert_same_weights(load_run_model(tmp_path).get_weights(), first.weights[best])
+
+
+# ----------------------------------------------------------------------------
+# Bad settings
+# ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "option, value, flag",
+    [
+        ("epochs", 0, "--epochs"),
+        ("batch_size", -4, "--batch-size"),
+        ("patch_size", 0, "--patch-size"),
+        ("patches_per_image", 0, "--patches-per-image"),
+        ("model", "vgg16", "--model"),
+        ("robust", "partly", "--robust"),
+        ("loss", "huber", "--loss"),
+        ("strategy", "tpu", "--strategy"),
+        ("learning_rate", -1e-3, "--learning-rate"),
+        ("learning_rate", 0.0, "--learning-rate"),
+        ("learning_rate", float("nan"), "--learning-rate"),
+    ],
+)
+def test_bad_config_values_name_the_option(option, value, flag, tmp_path):
+    config = dataclasses.replace(TrainConfig(), **{option: value})
+    with pytest.raises(ValueError, match=f"^{flag} ") as info:
+        train(config, tmp_path / "run")
+    assert repr(value) in str(info.value)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+# ----------------------------------------------------------------------------
+# Distribution strategies (fresh processes)
+# ----------------------------------------------------------------------------
+
+# Runs `train` on the 64-px built-in dataset; the script after it sets CACHE and OUT.
+PRELUDE = textwrap.dedent(
+    f"""
+    import functools, json, os, sys, time
+    import keras_robust_iqa.data as iqa_data
+    iqa_data.read_builtin = functools.partial(iqa_data.read_builtin, size={SIZE})
+    CACHE, OUT = sys.argv[1], sys.argv[2]
+    """
+)
+
+_MIRRORED_SCRIPT = PRELUDE + textwrap.dedent(
+    f"""
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import keras
+    import numpy as np
+    from keras_robust_iqa.training.trainer import TrainConfig, load_run_model, make_strategy, train
+
+    class Seen(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.strategy = type(self.model.distribute_strategy).__name__
+
+    result = {{}}
+    # Two models in one process: the second reuses the strategy (a second
+    # MirroredStrategy would clash with the first one's collective ops).
+    for robust in (None, "replace"):
+        out = os.path.join(OUT, str(robust))
+        start, seen = time.perf_counter(), Seen()
+        config = TrainConfig(data_dir=CACHE, robust=robust, strategy="mirrored", epochs=1,
+                             batch_size=32, patch_size=16, patches_per_image=1)
+        metrics = train(config, out, verbose=0, callbacks=[seen])
+        result[str(robust)] = dict(seconds=time.perf_counter() - start, metrics=metrics,
+                                   strategy=seen.strategy)
+
+    # The robust model (OrthoConv2D keeps per-replica inference caches) predicts and
+    # evaluates inside the strategy, 11 patches split unevenly over the replicas, as it
+    # computes outside it.
+    x = np.random.default_rng(0).uniform(size=(11, 16, 16, 3)).astype("float32")
+    y = np.linspace(0, 1, 11).astype("float32")
+    strategy = make_strategy("mirrored")
+    with strategy.scope():
+        model = load_run_model(os.path.join(OUT, "replace"))
+        model.compile(loss="mse")
+    inside = model.predict(x, batch_size=4, verbose=0)
+    inside_loss = model.evaluate(x, y, batch_size=4, verbose=0)
+    plain = np.asarray(load_run_model(os.path.join(OUT, "replace"))(x, training=False))
+    result["replace"].update(
+        eval_replicas=strategy.num_replicas_in_sync,
+        predict_diff=float(np.abs(inside - plain).max()),
+        loss_diff=abs(inside_loss - float(np.mean((plain.ravel() - y) ** 2))),
+    )
+    print("RESULT" + json.dumps(result))
+    """
+)
+
+_MULTIWORKER_SCRIPT = PRELUDE + textwrap.dedent(
+    f"""
+    import keras
+    import tensorflow as tf
+    from keras_robust_iqa.training.trainer import TrainConfig, train
+
+    class Seen(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            strategy = self.model.distribute_strategy
+            self.strategy = type(strategy).__name__
+            self.multiworker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+    seen = Seen()
+    config = TrainConfig(data_dir=CACHE, strategy="auto", epochs=1, batch_size=32,
+                         patch_size={PATCH}, patches_per_image=1)
+    metrics = train(config, OUT, verbose=0, callbacks=[seen])
+    with open(os.path.join(OUT, "config.json")) as f:
+        replicas = json.load(f)["replicas"]
+    print("RESULT" + json.dumps(dict(metrics=metrics, replicas=replicas, strategy=seen.strategy,
+                                     multiworker=seen.multiworker)))
+    """
+)
+
+
+def run_script(script, cache, out, tf_config=None):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("TF_CONFIG", None)
+    if tf_config is not None:
+        env["TF_CONFIG"] = json.dumps(tf_config)
+    proc = subprocess.run([sys.executable, "-c", script, str(cache), str(out)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.split("RESULT", 1)[1])
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_base_and_replace_runs(builtin_cache, tmp_path):
+    """Two runs in one process under MirroredStrategy on two logical CPUs.
+
+    The `replace` run is also this file's check of a certified robust run.
+    """
+    result = run_script(_MIRRORED_SCRIPT, builtin_cache, tmp_path)
+    assert list(result) == ["None", "replace"]
+    models = {}
+    for robust, r in result.items():
+        assert r["strategy"] == "MirroredStrategy", robust
+        models[robust] = assert_run_folder(tmp_path / robust, r["metrics"], patch=16, replicas=2)
+    assert result["None"]["metrics"]["lipschitz_bound"] is None
+    r = result["replace"]
+    assert r["eval_replicas"] == 2
+    assert r["predict_diff"] < 1e-5 and r["loss_diff"] < 1e-5, r
+    model = models["replace"]
+    assert any(isinstance(layer, robust_layers.OrthoConv2D) for layer in all_layers(model))
+    bound = result["replace"]["metrics"]["lipschitz_bound"]
+    assert isinstance(bound, float) and 0 < bound < math.inf
+    assert bound == pytest.approx(lipschitz_bound(model), rel=1e-6)
+
+
+@pytest.mark.slow
+def test_multiworker_strategy_from_tf_config(builtin_cache, tmp_path):
+    tf_config = {"cluster": {"worker": [f"localhost:{free_port()}"]},
+                 "task": {"type": "worker", "index": 0}}
+    result = run_script(_MULTIWORKER_SCRIPT, builtin_cache, tmp_path, tf_config=tf_config)
+    assert result["multiworker"], result["strategy"]  # picked by strategy="auto"
+    assert_run_folder(tmp_path, result["metrics"], replicas=1)  # one worker, one CPU
