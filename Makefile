@@ -24,6 +24,7 @@ demo: $(STAMP)
 
 ## make bench: speed benchmarks (ratios measured side by side in one run)
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,bench]'
 	$(PY) benchmarks/layers.py
 
 clean:

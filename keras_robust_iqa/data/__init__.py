@@ -1,8 +1,9 @@
 """IQA datasets (official file formats, validated) and tf.data pipelines.
 
 Readers return an :class:`IQATable`; :func:`make_dataset` turns one into a tf.data pipeline.
-``load_table(name, data_dir)`` picks the reader by name. The pipeline functions import
-TensorFlow, so they are loaded on first use: reading tables does not need it.
+``load_table(name, data_dir)`` picks the reader by name. The pipeline functions are loaded
+on first use. (Importing ``keras_robust_iqa`` itself imports TensorFlow: it registers the
+package's Keras classes so that ``.keras`` files load in safe mode.)
 """
 
 from __future__ import annotations

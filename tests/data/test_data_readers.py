@@ -254,19 +254,6 @@ def test_table_is_immutable_and_subsets(csv_dir):
         t.subset("validation")
 
 
-def test_readers_do_not_import_tensorflow(kadid_dir, koniq_dir):
-    # Reading metadata and checking PNGs needs no TensorFlow; JPEGs are also checked with
-    # tf.io (see validate._tf_check_jpeg), unless check_images=False.
-    import subprocess
-    import sys
-
-    code = ("import sys, keras_robust_iqa.data as d; "
-            f"d.read_kadid10k({str(kadid_dir)!r}); "
-            f"d.read_koniq10k({str(koniq_dir)!r}, check_images=False); "
-            "assert 'tensorflow' not in sys.modules, 'readers imported tensorflow'")
-    subprocess.run([sys.executable, "-c", code], check=True)
-
-
 def test_csv_module_roundtrip_of_fixture_is_official_quoting(koniq_dir):
     # Sanity check of the fixture itself: the header is quoted like the official file.
     first = (koniq_dir / "koniq10k_distributions_sets.csv").read_text().splitlines()[0]
