@@ -25,6 +25,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from keras_robust_iqa.training.metrics import check_score_shape
+
 __all__ = [
     "MeanSquaredError",
     "MeanAbsoluteError",
@@ -39,15 +41,7 @@ MeanAbsoluteError = keras.losses.MeanAbsoluteError
 
 def _scores(t, dtype, what):
     """Flatten ``(B,)``/``(B, 1)`` scores; compute in at least float32."""
-    t = tf.convert_to_tensor(t)
-    shape = t.shape
-    if shape.rank is not None and shape.rank >= 2:
-        per_sample = shape[1:].num_elements()
-        if per_sample is not None and per_sample != 1:
-            raise ValueError(
-                f"{what} must hold one score per sample, shape (batch,) or "
-                f"(batch, 1); got shape {shape}."
-            )
+    t = check_score_shape(t, what)
     # float16/bfloat16 (mixed precision) is too coarse for centred products.
     dtype = tf.as_dtype(dtype)
     if dtype.size < 4:

@@ -246,7 +246,11 @@ def _tf_krcc(x, y, valid):
 # --------------------------------------------------------------------------
 
 
-def _flatten_scores(t, what):
+def check_score_shape(t, what):
+    """`t` as a tensor, after checking it holds one score per sample: `(B,)` or `(B, 1)`.
+
+    Shared by the metrics and the losses.
+    """
     t = tf.convert_to_tensor(t)
     shape = t.shape
     if shape.rank is not None and shape.rank >= 2:
@@ -256,7 +260,11 @@ def _flatten_scores(t, what):
                 f"{what} must hold one score per sample, shape (batch,) or "
                 f"(batch, 1); got shape {shape}."
             )
-    return tf.reshape(tf.cast(t, _F64), [-1])
+    return t
+
+
+def _flatten_scores(t, what):
+    return tf.reshape(tf.cast(check_score_shape(t, what), _F64), [-1])
 
 
 def _is_distributed(var):
