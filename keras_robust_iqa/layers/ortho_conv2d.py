@@ -111,15 +111,9 @@ class OrthoConv2D(keras.layers.Layer):
             shape=(*self.kernel_size, cin, self.filters),
             initializer=self.kernel_initializer,
         )
-        # Start with alpha = ||kernel spectrum||: the Cayley transform then
-        # sees the raw spectrum, as in Trockman & Kolter.
-        kernel, fft_size = self.kernel, self.fft_size
-
-        def alpha_init(shape, dtype=None):
-            k_hat = linalg.kernel_frequency_matrices(kernel, *fft_size)
-            return tf.reshape(tf.abs(tf.norm(k_hat)), shape)
-
-        self.alpha = self.add_weight(name="alpha", shape=(), initializer=alpha_init)
+        self.alpha = self.add_weight(
+            name="alpha", shape=(), initializer=lambda shape, dtype=None: self.kernel_norm()
+        )
         self.bias = (
             self.add_weight(name="bias", shape=(self.filters,), initializer=self.bias_initializer)
             if self.use_bias
@@ -144,6 +138,12 @@ class OrthoConv2D(keras.layers.Layer):
         self._cache_alpha = tf.Variable(tf.constant(float("nan")), name="alpha_seen", **sync)
 
     # Computation --------------------------------------------------------------
+
+    def kernel_norm(self):
+        """Frobenius norm of the kernel's spectrum: `alpha` starts there, so the
+        Cayley transform first sees the raw spectrum (Trockman & Kolter)."""
+        basis = linalg.DFTBasis.of(self.kernel, *self.fft_size)
+        return basis.spectrum_norm(linalg.kernel_taps(self.kernel))
 
     def frequency_matrices(self):
         """The unitary per-frequency matrices, `(F, filters, in_channels)`."""

@@ -44,17 +44,20 @@ class OrthoDense(keras.layers.Layer):
         self.kernel = self.add_weight(
             name="kernel", shape=(input_dim, self.units), initializer=self.kernel_initializer
         )
-        kernel = self.kernel
         self.alpha = self.add_weight(
             name="alpha",
             shape=(),
-            initializer=lambda shape, dtype=None: tf.reshape(tf.norm(kernel), shape),
+            initializer=lambda shape, dtype=None: self.kernel_norm(),
         )
         self.bias = (
             self.add_weight(name="bias", shape=(self.units,), initializer=self.bias_initializer)
             if self.use_bias
             else None
         )
+
+    def kernel_norm(self):
+        """Frobenius norm of the kernel: where `alpha` starts."""
+        return tf.norm(tf.cast(self.kernel, tf.float32))
 
     def orthogonal_matrix(self):
         """The `(units, input_dim)` matrix `Q` with orthonormal rows or columns."""

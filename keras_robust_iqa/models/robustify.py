@@ -116,7 +116,7 @@ def _default_insert_points(model):
     by_name = {layer.name: layer for layer in flat_layers(model)}
     for name in stage_ends(model):
         layer = by_name[name]
-        if isinstance(layer, (*_POOLING, keras.layers.MaxPooling2D)):
+        if isinstance(layer, _POOLING):
             continue
         if tuple(layer.output.shape[1:3]) != tuple(full):
             chosen.append(name)
@@ -284,14 +284,4 @@ def _transfer_kernels(model, replaced):
         source = np.asarray(layer.kernel)
         if tuple(kernel.shape) == source.shape and np.any(source):
             kernel.assign(source)
-            target.alpha.assign(_alpha_for(target))
-
-
-def _alpha_for(layer):
-    """Re-derive `alpha` from the new kernel, as at initialisation."""
-    from keras_robust_iqa.layers import linalg
-
-    if isinstance(layer, robust_layers.OrthoConv2D):
-        basis = linalg.DFTBasis.of(layer.kernel, *layer.fft_size)
-        return basis.spectrum_norm(linalg.kernel_taps(layer.kernel))
-    return np.linalg.norm(np.asarray(layer.kernel))
+            target.alpha.assign(target.kernel_norm())
