@@ -1,0 +1,60 @@
+"""`robust-iqa train`: train a base or robust IQA model into a run folder."""
+
+
+def add_parser(subparsers):
+    from keras_robust_iqa.training.trainer import LOSSES, ROBUST_MODES, STRATEGIES, TrainConfig
+
+    d = TrainConfig()
+    p = subparsers.add_parser(
+        "train",
+        help="train a base or robust IQA model with model.fit into a run folder",
+        description="Train an IQA model with model.fit. Writes model.keras (best by validation "
+        "SROCC), config.json, metrics.json (test SROCC/PLCC/KRCC on whole images) and "
+        "history.csv into --out. Re-running an interrupted command resumes where it stopped.",
+    )
+    p.add_argument("--dataset", default=d.dataset,
+                   choices=("builtin", "koniq10k", "kadid10k", "livec", "tid2013", "spaq", "csv"),
+                   help="dataset format to read (default: builtin, made from scikit-image's photographs)")
+    p.add_argument("--data-dir", help="dataset folder (for csv: the CSV file or a folder with mos.csv); "
+                   "for builtin: an optional cache folder")
+    p.add_argument("--model", default=d.model, choices=("small", "resnet50", "mobilenetv3", "efficientnetv2b0"),
+                   help="base model (default: small, a CNN that trains on a CPU in minutes)")
+    p.add_argument("--robust", choices=ROBUST_MODES,
+                   help="apply RobustBlocks: insert them after the backbone's stages, or replace every "
+                   "layer by its 1-Lipschitz counterpart (default: none, the base model)")
+    p.add_argument("--weights", help="backbone weights: 'imagenet' or a weights file (backbones only)")
+    p.add_argument("--init-from", metavar="RUN", help="start from the model of this run folder")
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"maximum epochs (default: {d.epochs})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"patches per batch (default: {d.batch_size})")
+    p.add_argument("--patch-size", type=int, default=d.patch_size,
+                   help=f"side of the square training patches; images are scored by averaging "
+                   f"patch scores (default: {d.patch_size})")
+    p.add_argument("--patches-per-image", type=int, default=d.patches_per_image,
+                   help=f"random patches per training image and epoch (default: {d.patches_per_image})")
+    p.add_argument("--learning-rate", type=float, default=d.learning_rate, help=f"Adam learning rate (default: {d.learning_rate})")
+    p.add_argument("--loss", default=d.loss, choices=tuple(LOSSES), help=f"training loss (default: {d.loss})")
+    p.add_argument("--patience", type=int, default=d.patience,
+                   help=f"early stopping: epochs without a better validation SROCC (default: {d.patience})")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default: {d.seed})")
+    p.add_argument("--strategy", default=d.strategy, choices=STRATEGIES,
+                   help="tf.distribute strategy; auto uses MultiWorkerMirroredStrategy when TF_CONFIG is set "
+                   "(default: auto)")
+    p.add_argument("--out", required=True, help="run folder to write, e.g. runs/NAME")
+    p.set_defaults(func=run)
+
+
+def run(args):
+    import json
+
+    from keras_robust_iqa.training.trainer import TrainConfig, train
+
+    config = TrainConfig(
+        dataset=args.dataset, data_dir=args.data_dir, model=args.model, robust=args.robust,
+        weights=args.weights, init_from=args.init_from, epochs=args.epochs,
+        batch_size=args.batch_size, patch_size=args.patch_size,
+        patches_per_image=args.patches_per_image, learning_rate=args.learning_rate,
+        loss=args.loss, patience=args.patience, seed=args.seed, strategy=args.strategy,
+    )
+    metrics = train(config, args.out)
+    print(json.dumps(metrics, indent=2))
+    return 0
