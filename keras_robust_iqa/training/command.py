@@ -1,8 +1,10 @@
 """`robust-iqa train`: train a base or robust IQA model into a run folder."""
 
+import argparse
+
 
 def add_parser(subparsers):
-    from keras_robust_iqa.training.trainer import LOSSES, ROBUST_MODES, STRATEGIES, TrainConfig
+    from keras_robust_iqa.training.trainer import DEFENSES, LOSSES, ROBUST_MODES, STRATEGIES, TrainConfig
 
     d = TrainConfig()
     p = subparsers.add_parser(
@@ -39,8 +41,29 @@ def add_parser(subparsers):
     p.add_argument("--strategy", default=d.strategy, choices=STRATEGIES,
                    help="tf.distribute strategy; auto uses MultiWorkerMirroredStrategy when TF_CONFIG is set "
                    "(default: auto)")
+    p.add_argument("--defense", choices=DEFENSES,
+                   help="train with a data-driven defense baseline: nt (gradient-norm regularisation, "
+                   "Liu et al. 2024; pair it with --loss l1 as they do) or adversarial (FGSM adversarial "
+                   "training with SSIM-lowered labels, Chistyakova et al. 2024); model.keras stays the "
+                   "plain model (default: none)")
+    p.add_argument("--defense-eps", type=fraction, default=d.defense_eps,
+                   help="L-inf budget of the adversarial-training FGSM step, in [0, 1] pixel units; "
+                   "a fraction such as 4/255 is accepted (default: 4/255)")
+    p.add_argument("--nt-lambda", type=float, default=d.nt_lambda,
+                   help=f"weight of NT's gradient-norm penalty (default: {d.nt_lambda})")
+    p.add_argument("--nt-h", type=float, default=d.nt_h,
+                   help=f"NT's finite-difference step in [0, 1] pixel units (default: {d.nt_h})")
     p.add_argument("--out", required=True, help="run folder to write, e.g. runs/NAME")
     p.set_defaults(func=run)
+
+
+def fraction(text):
+    """A number or a fraction of two numbers ("4/255"), for budgets in [0, 1] pixel units."""
+    numerator, slash, denominator = text.partition("/")
+    try:
+        return float(numerator) / float(denominator) if slash else float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a number or a fraction such as 4/255, got {text!r}") from None
 
 
 def run(args):
@@ -54,6 +77,7 @@ def run(args):
         batch_size=args.batch_size, patch_size=args.patch_size,
         patches_per_image=args.patches_per_image, learning_rate=args.learning_rate,
         loss=args.loss, patience=args.patience, seed=args.seed, strategy=args.strategy,
+        defense=args.defense, defense_eps=args.defense_eps, nt_lambda=args.nt_lambda, nt_h=args.nt_h,
     )
     metrics = train(config, args.out)
     print(json.dumps(metrics, indent=2))

@@ -23,6 +23,7 @@ from keras_robust_iqa import data as iqa_data
 from keras_robust_iqa import models as iqa_models
 from keras_robust_iqa.training import losses as iqa_losses
 from keras_robust_iqa.training.correlation import correlations
+from keras_robust_iqa.training.defenses import DEFENSES, InnerModelCheckpoint, defend
 from keras_robust_iqa.training.metrics import KRCC, PLCC, SROCC
 
 LOSSES = {
@@ -54,6 +55,11 @@ class TrainConfig:
     patience: int = 8
     seed: int = 0
     strategy: str = "auto"
+    # A data-driven defense baseline (training/defenses.py) and its settings (REFERENCE.md).
+    defense: str | None = None
+    defense_eps: float = 4 / 255
+    nt_lambda: float = 1e-3
+    nt_h: float = 0.01
 
     def validate(self):
         if self.model not in iqa_models.MODEL_NAMES:
@@ -70,6 +76,14 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}.")
         if not self.learning_rate > 0:
             raise ValueError(f"--learning-rate must be positive, got {self.learning_rate!r}.")
+        if self.defense not in (None, *DEFENSES):
+            raise ValueError(f"--defense must be one of {DEFENSES}, got {self.defense!r}.")
+        if not 0 < self.defense_eps <= 1:
+            raise ValueError(f"--defense-eps must be in (0, 1] (images are in [0, 1]), got {self.defense_eps!r}.")
+        if not 0 <= self.nt_lambda < math.inf:
+            raise ValueError(f"--nt-lambda must be a finite number >= 0, got {self.nt_lambda!r}.")
+        if not 0 < self.nt_h < math.inf:
+            raise ValueError(f"--nt-h must be a positive finite step, got {self.nt_h!r}.")
 
 
 _STRATEGIES = {}
@@ -160,7 +174,9 @@ def train(config, out, *, verbose="auto", callbacks=()):
     )
 
     with strategy.scope():
-        model = compile_model(build(config), config)
+        model = defend(build(config), config.defense, eps=config.defense_eps,
+                       nt_lambda=config.nt_lambda, nt_h=config.nt_h)
+        model = compile_model(model, config)
 
     resolved = dataclasses.asdict(config) | {
         "mos_range": list(table.mos_range),
@@ -178,7 +194,7 @@ def train(config, out, *, verbose="auto", callbacks=()):
         (out / "history.csv").unlink(missing_ok=True)
     fit_callbacks = [
         keras.callbacks.BackupAndRestore(str(out / "backup")),
-        keras.callbacks.ModelCheckpoint(
+        InnerModelCheckpoint(  # a defended model saves its plain IQA model
             str(out / "model.keras"), monitor="val_srocc", mode="max", save_best_only=True,
             initial_value_threshold=best_so_far,
         ),

@@ -100,7 +100,7 @@ def test_every_option_reaches_the_config(monkeypatch, capsys, tmp_path):
         dataset="csv", data_dir="data/mine", model="resnet50", robust="insert",
         weights="imagenet", init_from="runs/base", epochs=3, batch_size=7, patch_size=48,
         patches_per_image=2, learning_rate=0.01, loss="plcc", patience=2, seed=5,
-        strategy="mirrored",
+        strategy="mirrored", defense="nt", defense_eps=8 / 255, nt_lambda=0.01, nt_h=0.001,
     )
     default = TrainConfig()
     argv = ["train", "--out", str(tmp_path / "run")]
@@ -126,6 +126,13 @@ def test_every_option_reaches_the_config(monkeypatch, capsys, tmp_path):
         (["--patches-per-image", "0"], "--patches-per-image"),
         (["--learning-rate", "-0.1"], "--learning-rate"),
         (["--learning-rate", "nan"], "--learning-rate"),
+        (["--defense-eps", "0"], "--defense-eps"),
+        (["--defense-eps", "300/255"], "--defense-eps"),
+        (["--defense-eps", "nan"], "--defense-eps"),
+        (["--nt-lambda", "-0.1"], "--nt-lambda"),
+        (["--nt-lambda", "inf"], "--nt-lambda"),
+        (["--nt-h", "0"], "--nt-h"),
+        (["--nt-h", "nan"], "--nt-h"),
     ],
 )
 def test_bad_value_is_one_line_naming_the_option(args, flag, capsys, tmp_path):
@@ -147,6 +154,10 @@ def test_bad_value_is_one_line_naming_the_option(args, flag, capsys, tmp_path):
         (["--dataset", "imagenet"], "--dataset"),
         (["--epochs", "two"], "--epochs"),
         (["--learning-rate", "fast"], "--learning-rate"),
+        (["--defense", "pgd"], "--defense"),
+        (["--defense-eps", "4/0"], "--defense-eps"),
+        (["--defense-eps", "four"], "--defense-eps"),
+        (["--nt-lambda", "big"], "--nt-lambda"),
     ],
 )
 def test_bad_choice_or_type_is_an_argparse_error(args, flag, capsys, tmp_path):
