@@ -8,6 +8,7 @@ import sys
 # `func`. The modules import TensorFlow only inside `func`, so --help stays cheap.
 COMMANDS = (
     "keras_robust_iqa.training.command",
+    "keras_robust_iqa.pruning.command",
     "keras_robust_iqa.demo_command",
 )
 

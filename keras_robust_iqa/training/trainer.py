@@ -146,6 +146,20 @@ def evaluate_images(model, table, split):
     return result
 
 
+def load_datasets(config):
+    """The table of `config`'s dataset and its training and validation pipelines."""
+    table = iqa_data.load_table(config.dataset, config.data_dir, min_size=config.patch_size)
+    train_ds = iqa_data.make_dataset(
+        table, "train", patch_size=config.patch_size, batch_size=config.batch_size,
+        training=True, patches_per_image=config.patches_per_image, seed=config.seed,
+    )
+    val_ds = iqa_data.make_dataset(
+        table, "val", patch_size=config.patch_size, batch_size=config.batch_size,
+        training=False, crop_size=config.patch_size,
+    )
+    return table, train_ds, val_ds
+
+
 def train(config, out, *, verbose="auto", callbacks=()):
     """Train a model as `config` says, writing a run folder at `out`.
 
@@ -163,15 +177,7 @@ def train(config, out, *, verbose="auto", callbacks=()):
     out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
 
-    table = iqa_data.load_table(config.dataset, config.data_dir, min_size=config.patch_size)
-    train_ds = iqa_data.make_dataset(
-        table, "train", patch_size=config.patch_size, batch_size=config.batch_size,
-        training=True, patches_per_image=config.patches_per_image, seed=config.seed,
-    )
-    val_ds = iqa_data.make_dataset(
-        table, "val", patch_size=config.patch_size, batch_size=config.batch_size,
-        training=False, crop_size=config.patch_size,
-    )
+    table, train_ds, val_ds = load_datasets(config)
 
     with strategy.scope():
         model = defend(build(config), config.defense, eps=config.defense_eps,
@@ -236,4 +242,7 @@ def _bound_or_none(model):
         return None
 
 
-__all__ = ["TrainConfig", "build", "compile_model", "evaluate_images", "load_run_model", "make_strategy", "train"]
+__all__ = [
+    "TrainConfig", "build", "compile_model", "evaluate_images", "load_datasets", "load_run_model",
+    "make_strategy", "train",
+]

@@ -1,0 +1,58 @@
+"""The mean-weight criterion: output channel `i` is pruned when `mean(|w_i|) < tau`.
+
+Which weights `w_i` are:
+- `Conv2D`: the kernel's slice `kernel[..., i]` (all taps, all input channels);
+- `Dense`: the column `kernel[:, i]`;
+- `OrthoConv2D` (and the one inside a `RobustBlock`): the kernel of the plain
+  circular convolution the layer *computes*, `irfft2d(Q(u, v))[i]` over the
+  whole FFT grid and all input channels, not the free kernel it is
+  parameterised by;
+- `OrthoDense`: the row `Q[i]` of the orthogonal matrix it applies.
+
+Why the operator and not the free parameters: the Cayley transform of a zero
+matrix is the identity, so a free-kernel row near zero does not make a quiet
+channel (it passes its input through at full strength); the free kernel's
+magnitude says nothing about what the channel carries. The operator's weights
+do: for an isometry (more outputs than inputs, the widening layers),
+`sum |Q_i|^2` is exactly the share of the input's energy routed into channel
+`i` (Parseval), and a channel with small weights carries little. For a square
+orthogonal layer every row has unit norm, so the mean of `|w_i|` then ranks
+channels by how concentrated their weights are (a few strong weights rather
+than many weak ones). Either way it is the same quantity as for `Conv2D` and
+`Dense`: the mean magnitude of the weights of the linear map that produces
+the channel.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_robust_iqa.layers import OrthoConv2D, OrthoDense, RobustBlock
+
+
+def effective_kernel(layer):
+    """The weights of the linear map that produces each output channel.
+
+    Returns:
+        float64 array `(..., out_channels)`: output channels on the last
+        axis, every other axis one weight of that channel.
+    """
+    if isinstance(layer, RobustBlock):
+        layer = layer.conv
+    if isinstance(layer, OrthoConv2D):
+        fh, fw = layer.fft_size
+        q = layer.frequency_matrices()  # (fh * (fw // 2 + 1), cout, cin)
+        q = tf.reshape(q, (fh, fw // 2 + 1, layer.filters, layer.input_channels))
+        taps = tf.signal.irfft2d(tf.transpose(q, (2, 3, 0, 1)), fft_length=(fh, fw))
+        return np.moveaxis(np.asarray(taps, np.float64), 0, -1)  # (cin, fh, fw, cout)
+    if isinstance(layer, OrthoDense):
+        return np.asarray(layer.orthogonal_matrix(), np.float64).T  # (input_dim, units)
+    if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+        return keras.ops.convert_to_numpy(layer.kernel).astype(np.float64)
+    raise ValueError(f"Layer '{layer.name}' ({type(layer).__name__}) is not a prunable layer.")
+
+
+def channel_scores(layer):
+    """`mean(|w_i|)` for each output channel `i` of a prunable layer, float64 `(C,)`."""
+    kernel = effective_kernel(layer)
+    return np.mean(np.abs(kernel.reshape(-1, kernel.shape[-1])), axis=0)

@@ -1,0 +1,401 @@
+"""Which channels of a Keras model can be removed, and which must go together.
+
+Every output channel of a prunable layer (`Conv2D`, `Dense`, `OrthoConv2D`,
+`OrthoDense`, `RobustBlock`) is an *atom*. Walking the graph, each tensor's
+channel axis is a list of atoms, and layers tie atoms that can only be removed
+together:
+- `GroupSort` / `MaxMin` (alone or inside a `RobustBlock`) ties each group of
+  channels it sorts together: a pair loses both members or neither;
+- `Add`, `ConvexCombination`, `Multiply`, ... tie channel `c` of every input;
+- a residual `RobustBlock` ties its outputs to its inputs (`l x + (1 - l) f(x)`);
+- `Concatenate` and `InvertibleDownsampling` rearrange atoms, they do not tie them.
+Tied atoms form a *group*, the unit of pruning. Channels the model cannot
+lose are frozen: the input's, the output's, and those read by a layer this
+module does not know how to slice (`Flatten`, `LayerNormalization`, ...):
+unknown layers are left whole rather than guessed at.
+"""
+
+import keras
+from keras import tree
+
+from keras_robust_iqa import layers as robust_layers
+from keras_robust_iqa.pruning import criterion
+
+# Layers whose output channels are atoms (and whose kernels lose input channels).
+PRODUCERS = (
+    keras.layers.Conv2D,
+    keras.layers.Dense,
+    robust_layers.OrthoConv2D,
+    robust_layers.OrthoDense,
+    robust_layers.RobustBlock,
+)
+# Channel-wise layers with one weight vector per channel, sliced with them.
+CHANNELWISE_WEIGHTED = (keras.layers.BatchNormalization, keras.layers.DepthwiseConv2D)
+# Channel-wise layers with no per-channel weights: channels pass through.
+PASS_THROUGH = (
+    keras.layers.Identity,
+    keras.layers.ReLU,
+    keras.layers.LeakyReLU,
+    keras.layers.ELU,
+    keras.layers.Dropout,
+    keras.layers.SpatialDropout2D,
+    keras.layers.MaxPooling2D,
+    keras.layers.AveragePooling2D,
+    keras.layers.GlobalAveragePooling2D,
+    keras.layers.GlobalMaxPooling2D,
+    keras.layers.Cropping2D,
+    keras.layers.ZeroPadding2D,
+    keras.layers.UpSampling2D,
+    robust_layers.L2NormPooling2D,
+    robust_layers.GlobalL2NormPooling2D,
+    robust_layers.OutputScale,
+)
+# Element-wise merges: channel `c` of every input is the same channel.
+MERGES = (
+    keras.layers.Add,
+    keras.layers.Subtract,
+    keras.layers.Multiply,
+    keras.layers.Average,
+    keras.layers.Maximum,
+    keras.layers.Minimum,
+    robust_layers.ConvexCombination,
+)
+
+
+def walk(model, call):
+    """Re-run `model`'s graph on new inputs, nested models opened up.
+
+    `call(layer, args, kwargs)` computes each leaf layer's outputs from the
+    new tensors (call the layer itself, a replacement, or add layers around
+    it). Returns `(inputs, outputs)` of the flat graph, ready for `keras.Model`.
+    """
+    inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=_input_name(t)) for t in model.inputs]
+    outputs = _run(model, inputs, call)
+    return _single(inputs), _single(outputs)
+
+
+def _single(tensors):
+    return tensors[0] if len(tensors) == 1 else tensors
+
+
+def _input_name(tensor):
+    history = getattr(tensor, "_keras_history", None)
+    return history.operation.name if history else None
+
+
+def _run(model, inputs, call):
+    if isinstance(model, keras.Sequential):
+        (x,) = inputs
+        for layer in model.layers:
+            x = _call(layer, (x,), {}, call)
+        return [x]
+    values = {id(t): v for t, v in zip(model.inputs, inputs)}
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            if node.is_input or node.operation is None:
+                continue
+            args, kwargs = node.arguments.fill_in(values)
+            kwargs.pop("mask", None)  # no layer here uses Keras masking
+            outputs = _call(node.operation, args, kwargs, call)
+            for t, v in zip(node.outputs, tree.flatten(outputs)):
+                values[id(t)] = v
+    return [values[id(t)] for t in model.outputs]
+
+
+def _call(layer, args, kwargs, call):
+    if isinstance(layer, keras.Model):
+        outputs = _run(layer, tree.flatten(args), call)
+        return outputs[0] if len(outputs) == 1 else outputs
+    return call(layer, args, kwargs)
+
+
+def is_residual_block(layer):
+    return isinstance(layer, robust_layers.RobustBlock) and layer.residual
+
+
+def is_producer(layer):
+    if is_residual_block(layer):
+        return False
+    if isinstance(layer, keras.layers.Conv2D):
+        # Subclasses (Conv2DTranspose, separable, depthwise) lay out their
+        # kernels differently; grouped kernels mix only within a group.
+        return type(layer) is keras.layers.Conv2D and layer.groups == 1 and layer.data_format == "channels_last"
+    return isinstance(layer, PRODUCERS)
+
+
+def _is_channelwise_weighted(layer):
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return layer.axis in (-1, len(layer.input.shape) - 1) if layer.built else False
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        return layer.depth_multiplier == 1 and layer.data_format == "channels_last"
+    return False
+
+
+def _is_pass_through(layer):
+    if isinstance(layer, keras.layers.Activation):
+        return getattr(layer.activation, "__name__", "") not in ("softmax", "log_softmax")
+    if isinstance(layer, robust_layers.GroupSort):
+        return layer.axis == -1
+    if isinstance(layer, PASS_THROUGH):
+        return getattr(layer, "data_format", "channels_last") == "channels_last"
+    return False
+
+
+class ChannelGraph:
+    """Atoms, the groups that tie them, and where each layer reads and writes them.
+
+    Attributes:
+        producers: `{name: layer}` of the prunable layers, in graph order.
+        inputs_of: `{name: [atom per input channel]}` for every layer that
+            reads channels it can lose (producers, residual blocks,
+            channel-wise layers with weights).
+        outputs_of: `{name: [atom per output channel]}`, same layers.
+        mixing: names of the layers in `inputs_of` that mix channels (all but
+            the channel-wise ones): where a pruned channel must be masked.
+        groups: list of groups, each a list of atoms.
+        group_of: `{atom: group index}`.
+        frozen_groups: indices of groups that must stay.
+        owner: `{atom: (producer name, channel)}`.
+
+    Raises:
+        ValueError: the model has no prunable channel, or calls a layer twice.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self._parent = []
+        self.owner = {}
+        self._frozen_atoms = set()
+        self._atoms = {}
+        self.producers = {}
+        self.inputs_of = {}
+        self.outputs_of = {}
+        self.mixing = []
+        self._seen = set()
+        inputs, outputs = walk(model, self._visit)
+        for t in tree.flatten(outputs):
+            self._frozen_atoms.update(self._atoms[id(t)])
+        self._collect_groups()
+        if not self.producers:
+            raise ValueError(
+                f"Model '{model.name}' has no prunable layer (Conv2D, Dense, OrthoConv2D, "
+                "OrthoDense or RobustBlock)."
+            )
+        if len(self.frozen_groups) == len(self.groups):
+            raise ValueError(
+                f"Model '{model.name}' has no prunable channel: every output channel of its "
+                f"prunable layers {list(self.producers)} is needed as it is (the model's output, "
+                "or read by a layer that cannot be sliced)."
+            )
+        del self._atoms, self._seen
+
+    # Union-find over atoms -----------------------------------------------------
+
+    def _new_atoms(self, count, owner=None, frozen=False):
+        start = len(self._parent)
+        atoms = list(range(start, start + count))
+        self._parent.extend(atoms)
+        for i, atom in enumerate(atoms):
+            if owner is not None:
+                self.owner[atom] = (owner, i)
+            if frozen:
+                self._frozen_atoms.add(atom)
+        return atoms
+
+    def _find(self, atom):
+        while self._parent[atom] != atom:
+            self._parent[atom] = self._parent[self._parent[atom]]
+            atom = self._parent[atom]
+        return atom
+
+    def _tie(self, atoms):
+        roots = [self._find(a) for a in atoms]
+        for r in roots[1:]:
+            self._parent[r] = roots[0]
+
+    def _tie_groups(self, atoms, size):
+        for i in range(0, len(atoms), size):
+            self._tie(atoms[i : i + size])
+
+    # Walking the graph ---------------------------------------------------------
+
+    def _visit(self, layer, args, kwargs):
+        if id(layer) in self._seen:
+            raise ValueError(
+                f"Layer '{layer.name}' is called more than once in the model; pruning needs "
+                "each layer to have one set of input channels."
+            )
+        self._seen.add(id(layer))
+        outputs = layer(*args, **kwargs)
+        ins = [self._atoms_of(t) for t in tree.flatten(args)]
+        outs = tree.flatten(outputs)
+        channels = [t.shape[-1] if len(t.shape) >= 2 else None for t in outs]
+        result = self._channels_out(layer, ins, channels)
+        for t, atoms in zip(outs, result):
+            self._atoms[id(t)] = atoms
+        return outputs
+
+    def _atoms_of(self, tensor):
+        if id(tensor) not in self._atoms:  # a model input: its channels stay
+            self._atoms[id(tensor)] = self._new_atoms(tensor.shape[-1], frozen=True)
+        return self._atoms[id(tensor)]
+
+    def _channels_out(self, layer, ins, channels):
+        """Atoms of each output of `layer`, given the atoms of its inputs."""
+        if any(a is None for a in ins) or len(channels) != 1:
+            return self._block(ins, channels)
+        x = ins[0]
+        if len(ins) == 1 and is_producer(layer):
+            self.producers[layer.name] = layer
+            self.mixing.append(layer.name)
+            self.inputs_of[layer.name] = x
+            out = self._new_atoms(channels[0], owner=layer.name)
+            if isinstance(layer, robust_layers.RobustBlock):
+                self._tie_groups(out, layer.activation.group_size)
+            self.outputs_of[layer.name] = out
+            return [out]
+        if len(ins) == 1 and is_residual_block(layer):
+            self.mixing.append(layer.name)
+            self.inputs_of[layer.name] = self.outputs_of[layer.name] = x
+            self._tie_groups(x, layer.activation.group_size)
+            return [x]
+        if len(ins) == 1 and _is_channelwise_weighted(layer):
+            self.inputs_of[layer.name] = self.outputs_of[layer.name] = x
+            return [x]
+        if len(ins) == 1 and _is_pass_through(layer):
+            if isinstance(layer, robust_layers.GroupSort):
+                self._tie_groups(x, layer.group_size)
+            return [x]
+        if isinstance(layer, MERGES) and len({len(a) for a in ins}) == 1 and len(ins) > 1:
+            for atoms in zip(*ins):
+                self._tie(atoms)
+            return [x]
+        if isinstance(layer, keras.layers.Concatenate) and layer.axis in (-1, len(layer.input[0].shape) - 1):
+            return [[a for atoms in ins for a in atoms]]
+        if isinstance(layer, robust_layers.InvertibleDownsampling) and len(ins) == 1:
+            # space_to_depth: output channel (dy * s + dx) * C + c holds input channel c.
+            return [x * (layer.pool_size * layer.pool_size)]
+        return self._block(ins, channels)
+
+    def _block(self, ins, channels):
+        """A layer that cannot be sliced: its inputs stay, its outputs are new and fixed."""
+        for atoms in ins:
+            self._frozen_atoms.update(atoms or ())
+        return [self._new_atoms(c, frozen=True) if c is not None else None for c in channels]
+
+    def _collect_groups(self):
+        by_root = {}
+        for atom in self.owner:
+            by_root.setdefault(self._find(atom), []).append(atom)
+        frozen_roots = {self._find(a) for a in self._frozen_atoms}
+        self.groups = list(by_root.values())
+        self.group_of = {a: g for g, atoms in enumerate(self.groups) for a in atoms}
+        self.frozen_groups = {g for g, root in enumerate(by_root) if root in frozen_roots}
+
+    # Queries -------------------------------------------------------------------
+
+    @property
+    def prunable_channels(self):
+        """Number of output channels of prunable layers that could be removed."""
+        return sum(len(atoms) for g, atoms in enumerate(self.groups) if g not in self.frozen_groups)
+
+    def kept_positions(self, atoms, pruned_groups):
+        """Indices of the channels in `atoms` whose group is not pruned."""
+        pruned_groups = set(pruned_groups)
+        return [i for i, a in enumerate(atoms) if self.group_of.get(a) not in pruned_groups]
+
+    def scores(self):
+        """`{producer name: mean(|w_i|) per output channel}` from the current weights."""
+        return {name: criterion.channel_scores(layer) for name, layer in self.producers.items()}
+
+    def group_scores(self, scores):
+        """Mean of the mean weights of each group's channels."""
+        return [
+            sum(scores[self.owner[a][0]][self.owner[a][1]] for a in atoms) / len(atoms)
+            for atoms in self.groups
+        ]
+
+    def components(self):
+        """Prunable groups, partitioned into sets whose layers are tied together.
+
+        A `--fraction` is taken of each component: groups are only ranked
+        against groups of the same layers, whose weights are on one scale.
+        """
+        parent = {name: name for name in self.producers}
+
+        def find(name):
+            while parent[name] != name:
+                name = parent[name]
+            return name
+
+        for atoms in self.groups:
+            layers = [find(self.owner[a][0]) for a in atoms]
+            for name in layers[1:]:
+                parent[name] = layers[0]
+        result = {}
+        for g, atoms in enumerate(self.groups):
+            if g not in self.frozen_groups:
+                result.setdefault(find(self.owner[atoms[0]][0]), []).append(g)
+        return list(result.values())
+
+    def select(self, scores, *, fraction=None, tau=None, already=(), strict=True):
+        """The groups to prune, as a set of group indices.
+
+        Args:
+            scores: from `scores()`.
+            fraction: prune this fraction of the groups of each component, the
+                ones with the smallest mean weight first.
+            tau: prune every group whose mean weight is below `tau`.
+            already: groups pruned before; they stay pruned.
+            strict: with `tau`, raise when a layer would lose every channel;
+                otherwise keep its best group.
+
+        Every producer keeps at least one output channel.
+        """
+        if (fraction is None) == (tau is None):
+            raise ValueError("Give exactly one of `fraction` and `tau`.")
+        group_score = self.group_scores(scores)
+        pruned = set(already)
+        remaining = self._remaining(pruned)
+        if tau is not None:
+            wanted = [g for g in range(len(self.groups)) if g not in self.frozen_groups and group_score[g] < tau]
+            if strict:
+                self._check_tau(tau, wanted, scores)
+        else:
+            wanted = []
+            for component in self.components():
+                ranked = sorted(component, key=lambda g: (g not in pruned, group_score[g]))
+                wanted += ranked[: max(round(fraction * len(component)), len(pruned & set(component)))]
+        for g in sorted(wanted, key=lambda g: group_score[g]):
+            if g in pruned:
+                continue
+            losses = self._channels_per_layer([g])
+            if all(remaining[name] > n for name, n in losses.items()):
+                pruned.add(g)
+                for name, n in losses.items():
+                    remaining[name] -= n
+        return pruned
+
+    def _channels_per_layer(self, groups):
+        """`{producer: number of its output channels in these groups}`."""
+        counts = {}
+        for g in groups:
+            for a in self.groups[g]:
+                name = self.owner[a][0]
+                counts[name] = counts.get(name, 0) + 1
+        return counts
+
+    def _remaining(self, pruned):
+        """`{producer: output channels left}` with `pruned` groups removed."""
+        lost = self._channels_per_layer(pruned)
+        return {name: len(self.outputs_of[name]) - lost.get(name, 0) for name in self.producers}
+
+    def _check_tau(self, tau, wanted, scores):
+        for name, left in self._remaining(wanted).items():
+            if left <= 0:
+                s = scores[name]
+                raise ValueError(
+                    f"tau={tau:g} would remove all {len(s)} output channels of layer "
+                    f"'{name}' (their mean weights are {s.min():.3g} to {s.max():.3g}); "
+                    "at least one channel must stay: give a smaller tau."
+                )

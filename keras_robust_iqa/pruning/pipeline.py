@@ -1,0 +1,241 @@
+"""`prune_run`: prune the model of a run folder, fine-tune it, write a run folder and a report.
+
+The output folder is a run folder like `train`'s (`model.keras`, `config.json`,
+`metrics.json`, `history.csv`) plus `pruned/model.keras` (right after the
+surgery, before fine-tuning) and `pruning_report.json` / `.md`: parameters,
+FLOPs, latency, SROCC / PLCC and the Lipschitz bound before pruning, after
+pruning and after fine-tuning.
+"""
+
+import dataclasses
+import json
+import math
+import pathlib
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_robust_iqa import layers as robust_layers
+from keras_robust_iqa import models as iqa_models
+from keras_robust_iqa.pruning.callback import ChannelPruning
+from keras_robust_iqa.pruning.cost import count_flops, inference_latency, leaf_layers
+from keras_robust_iqa.pruning.graph import ChannelGraph
+from keras_robust_iqa.pruning.schedule import check_fraction, gradual_schedule
+from keras_robust_iqa.pruning.surgery import masked_model, prune_model
+from keras_robust_iqa.training.trainer import (
+    TrainConfig,
+    compile_model,
+    evaluate_images,
+    load_datasets,
+    load_run_model,
+    train,
+)
+
+STAGES = ("before", "after_pruning", "after_finetune")
+BOUND_WEIGHTS = (robust_layers.OutputScale, robust_layers.ConvexCombination)
+
+
+def read_run(run):
+    """The model (safe mode) and `TrainConfig` of a run folder."""
+    run = pathlib.Path(run)
+    if not run.is_dir():
+        raise FileNotFoundError(f"Run folder {run} does not exist.")
+    model = load_run_model(run)
+    config_path = run / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"Run folder {run} holds no config.json (written by `robust-iqa train`).")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    saved = json.loads(config_path.read_text())
+    return model, TrainConfig(**{k: v for k, v in saved.items() if k in fields})
+
+
+def model_facts(model, table, metrics=None, latency_batch=16):
+    """Parameters, FLOPs per patch, latency, test / val correlations, Lipschitz bound.
+
+    `metrics`: test / val correlations already computed (by `train`).
+    """
+    metrics = metrics or {split: evaluate_images(model, table, split) for split in ("test", "val")}
+    try:
+        bound = iqa_models.lipschitz_bound(model)
+    except ValueError:
+        bound = None
+    return {
+        "params": int(model.count_params()),
+        "flops": count_flops(model),
+        "latency_ms": round(1e3 * inference_latency(model, batch_size=latency_batch), 3),
+        "latency_batch": latency_batch,
+        "test": metrics["test"],
+        "val": metrics["val"],
+        "lipschitz_bound": bound,
+    }
+
+
+def _check_epochs(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"--{name} must be an integer >= 0, got {value!r}.")
+
+
+def prune_run(run, out, *, fraction=None, tau=None, prune_epochs=1, finetune_epochs=5,
+              learning_rate=1e-4, verbose="auto"):
+    """Prune the model of run folder `run`, fine-tune it, and write run folder `out`.
+
+    1. Mean-weight criterion: with `fraction`, that share of the prunable
+       channels of each tied set of layers, smallest mean weight first; with
+       `tau`, every channel whose mean weight is below `tau`.
+    2. `prune_epochs` of `model.fit` with channel masks, the fraction (or tau)
+       ramped by a tfmot `PolynomialDecay` (`ThresholdDecay`), so the rest of
+       the network adapts while channels go; 0 prunes at once.
+    3. Surgery: the model is rebuilt without the pruned channels.
+    4. `finetune_epochs` of `train` (same dataset settings as the run, the
+       best epoch by validation SROCC kept), at `learning_rate`.
+
+    Returns:
+        The report written to `pruning_report.json`.
+    """
+    if (fraction is None) == (tau is None):
+        raise ValueError("Give exactly one of --fraction and --tau.")
+    if fraction is not None:
+        fraction = check_fraction(fraction)
+    if tau is not None and not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
+        raise ValueError(f"--tau must be a positive number, got {tau!r}.")
+    _check_epochs("prune-epochs", prune_epochs)
+    _check_epochs("finetune-epochs", finetune_epochs)
+    if not learning_rate > 0:
+        raise ValueError(f"--learning-rate must be positive, got {learning_rate!r}.")
+    model, config = read_run(run)
+    graph = ChannelGraph(model)
+    initial_scores = graph.scores()
+    if tau is not None:
+        graph.select(initial_scores, tau=tau)  # a tau that empties a layer fails here, before any training
+    config = dataclasses.replace(config, learning_rate=learning_rate, robust=None, weights=None)
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    keras.utils.set_random_seed(config.seed)
+    table, train_ds, val_ds = load_datasets(config)
+    stages = {"before": model_facts(model, table)}
+
+    schedule = None
+    if prune_epochs:
+        masked, masks = masked_model(model, graph)
+        steps = prune_epochs * int(tf.data.experimental.cardinality(train_ds))
+        schedule = gradual_schedule(max(steps, 1), fraction=fraction, tau=tau)
+        pruning = ChannelPruning(graph, masks, schedule)
+        # The weights a certificate reads (output gain, convex merges) stay as they are:
+        # the pruned model's Lipschitz bound is then never above the source's.
+        frozen = [layer for layer in leaf_layers(model)
+                  if isinstance(layer, BOUND_WEIGHTS) and layer.trainable]
+        for layer in frozen:
+            layer.trainable = False
+        compile_model(masked, config)
+        try:
+            masked.fit(train_ds, validation_data=val_ds, epochs=prune_epochs, callbacks=[pruning],
+                       verbose=verbose)
+        finally:
+            for layer in frozen:
+                layer.trainable = True
+        pruning.prune_to(pruning.final_value())  # the target, even if fit ended early
+        pruned_groups = pruning.pruned
+    else:
+        pruned_groups = graph.select(initial_scores, fraction=fraction, tau=tau)
+    final_scores = graph.scores()
+    pruned = prune_model(model, graph, pruned_groups)
+    (out / "pruned").mkdir(exist_ok=True)
+    pruned.save(out / "pruned" / "model.keras")
+    stages["after_pruning"] = model_facts(pruned, table)
+
+    if finetune_epochs:
+        finetune = dataclasses.replace(config, init_from=str(out / "pruned"), epochs=finetune_epochs)
+        metrics = train(finetune, out, verbose=verbose)
+        stages["after_finetune"] = model_facts(load_run_model(out), table, metrics)
+    else:
+        pruned.save(out / "model.keras")
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+        stages["after_finetune"] = stages["after_pruning"]
+
+    report = _report(run, graph, pruned_groups, final_scores, stages, fraction=fraction, tau=tau,
+                     prune_epochs=prune_epochs, finetune_epochs=finetune_epochs,
+                     learning_rate=learning_rate, schedule=schedule)
+    final = stages["after_finetune"]
+    metrics = {k: final[k] for k in ("test", "val", "params", "flops", "lipschitz_bound")}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    saved_config = json.loads((out / "config.json").read_text())
+    saved_config["pruning"] = {k: report[k] for k in ("source_run", "fraction", "tau", "prune_epochs",
+                                                       "finetune_epochs", "learning_rate", "schedule")}
+    (out / "config.json").write_text(json.dumps(saved_config, indent=2))
+    (out / "pruning_report.json").write_text(json.dumps(report, indent=2))
+    (out / "pruning_report.md").write_text(report_markdown(report))
+    return report
+
+
+def _report(run, graph, pruned_groups, scores, stages, *, schedule, **settings):
+    layers = {}
+    for name in graph.producers:
+        kept = graph.kept_positions(graph.outputs_of[name], pruned_groups)
+        s = scores[name]
+        layers[name] = {
+            "channels_before": len(s),
+            "channels_after": len(kept),
+            "mean_weight_min": float(s.min()),
+            "mean_weight_max": float(s.max()),
+            "largest_pruned_mean_weight": float(np.max(np.delete(s, kept))) if len(kept) < len(s) else None,
+        }
+    pruned_channels = sum(len(graph.groups[g]) for g in pruned_groups)
+    return {
+        "source_run": str(run),
+        **settings,
+        "schedule": schedule.get_config() if schedule is not None else None,
+        "criterion": "mean |w| over each output channel's weights; for OrthoConv2D / OrthoDense the "
+                     "weights of the orthogonal operator they compute (see keras_robust_iqa.pruning.criterion)",
+        "prunable_channels": graph.prunable_channels,
+        "pruned_channels": pruned_channels,
+        "pruned_fraction": pruned_channels / graph.prunable_channels,
+        "layers": layers,
+        "stages": stages,
+    }
+
+
+def _fmt(value, digits=4):
+    if value is None:
+        return "none"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.{digits}g}"
+
+
+def report_markdown(report):
+    """The report as a Markdown page: one table of the three stages, one of the layers."""
+    stages = report["stages"]
+    rows = [
+        ("parameters", lambda s: s["params"]),
+        ("FLOPs per patch", lambda s: s["flops"]),
+        (f"latency, batch of {stages['before']['latency_batch']} (ms)", lambda s: s["latency_ms"]),
+        ("test SROCC", lambda s: s["test"]["srocc"]),
+        ("test PLCC", lambda s: s["test"]["plcc"]),
+        ("val SROCC", lambda s: s["val"]["srocc"]),
+        ("val PLCC", lambda s: s["val"]["plcc"]),
+        ("certified Lipschitz bound (per patch)", lambda s: s["lipschitz_bound"]),
+    ]
+    target = f"fraction {report['fraction']}" if report["fraction"] is not None else f"tau {report['tau']}"
+    lines = [
+        f"# Pruning report: {report['source_run']}",
+        "",
+        f"Target: {target}; pruned {report['pruned_channels']} of {report['prunable_channels']} prunable "
+        f"channels ({100 * report['pruned_fraction']:.1f} %); {report['prune_epochs']} masked epoch(s), "
+        f"{report['finetune_epochs']} fine-tuning epoch(s) at learning rate {report['learning_rate']:g}.",
+        "",
+        "| | before | after pruning | after fine-tuning |",
+        "|---|---|---|---|",
+    ]
+    for label, get in rows:
+        lines.append(f"| {label} | " + " | ".join(_fmt(get(stages[s])) for s in STAGES) + " |")
+    lines += ["", f"Criterion: {report['criterion']}.", "",
+              "| layer | channels before | after | mean weights | largest pruned |", "|---|---|---|---|---|"]
+    for name, layer in report["layers"].items():
+        lines.append(
+            f"| {name} | {layer['channels_before']} | {layer['channels_after']} | "
+            f"{_fmt(layer['mean_weight_min'], 3)} to {_fmt(layer['mean_weight_max'], 3)} | "
+            f"{_fmt(layer['largest_pruned_mean_weight'], 3)} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,119 @@
+"""Channel masks during training, then the physical removal of the masked channels."""
+
+import keras
+import numpy as np
+
+from keras_robust_iqa import layers as robust_layers
+from keras_robust_iqa.pruning.channel_mask import ChannelMask
+from keras_robust_iqa.pruning.graph import walk
+
+
+def masked_model(model, graph):
+    """`model` with a `ChannelMask` in front of every layer that mixes prunable channels.
+
+    The masked model shares `model`'s layers (training one trains the other),
+    so the surgery afterwards reads the trained weights from `model`.
+
+    Returns:
+        `(masked model, {layer name: its ChannelMask})`.
+    """
+    masks = {}
+    prunable = set(range(len(graph.groups))) - graph.frozen_groups
+
+    def call(layer, args, kwargs):
+        atoms = graph.inputs_of.get(layer.name, ())
+        if layer.name in graph.mixing and any(graph.group_of.get(a) in prunable for a in atoms):
+            masks[layer.name] = ChannelMask(name=f"{layer.name}_channel_mask")
+            args = (masks[layer.name](args[0]), *args[1:])
+        return layer(*args, **kwargs)
+
+    inputs, outputs = walk(model, call)
+    return keras.Model(inputs, outputs, name=f"{model.name}_masked"), masks
+
+
+def set_masks(graph, masks, pruned_groups):
+    """Zero the masked channels of `pruned_groups`, open all others."""
+    for name, mask in masks.items():
+        values = np.zeros(len(graph.inputs_of[name]), np.float32)
+        values[graph.kept_positions(graph.inputs_of[name], pruned_groups)] = 1.0
+        mask.mask.assign(values)
+
+
+def prune_model(model, graph, pruned_groups):
+    """A new model without the channels of `pruned_groups`: fewer filters, units, weights.
+
+    Each sliced layer is a fresh layer of the same class with fewer output
+    channels (`filters`, `units`), initialised from the kept rows and columns
+    of the old kernel; the layers that read a removed channel lose the
+    matching input channel. Orthogonal layers keep the kept entries of their
+    scaled kernel, `alpha * K / ||K||`: the new `alpha` is
+    `alpha * ||K_kept|| / ||K||`. Their operator is the Cayley transform of
+    that smaller matrix, orthogonal (or semi-orthogonal) by construction, so
+    the layer stays 1-Lipschitz; the function of the kept channels changes
+    a little (the Cayley transform of a block is not the block of the Cayley
+    transform), which fine-tuning recovers. `model` is left unchanged.
+    """
+    pruned_groups = set(pruned_groups)
+
+    def call(layer, args, kwargs):
+        kept_in = kept_out = None
+        if layer.name in graph.inputs_of:
+            kept_in = graph.kept_positions(graph.inputs_of[layer.name], pruned_groups)
+            kept_out = graph.kept_positions(graph.outputs_of[layer.name], pruned_groups)
+        config = layer.get_config()
+        if layer.name in graph.mixing:
+            config["units" if "units" in config else "filters"] = len(kept_out)
+        new = type(layer).from_config(config)
+        outputs = new(*args, **kwargs)
+        if kept_in is None:
+            new.set_weights(layer.get_weights())
+        else:
+            _copy_sliced(layer, new, kept_in, kept_out)
+        return outputs
+
+    inputs, outputs = walk(model, call)
+    return keras.Model(inputs, outputs, name=model.name)
+
+
+def _copy_sliced(old, new, kept_in, kept_out):
+    if isinstance(old, robust_layers.RobustBlock):
+        _copy_ortho(old.conv, new.conv, _kernel_inputs(old.conv, kept_in), kept_out)
+        if old.residual:
+            new.residual_logit.assign(old.residual_logit)
+    elif isinstance(old, robust_layers.OrthoConv2D):
+        _copy_ortho(old, new, _kernel_inputs(old, kept_in), kept_out)
+    elif isinstance(old, robust_layers.OrthoDense):
+        _copy_ortho(old, new, kept_in, kept_out)
+    elif isinstance(old, keras.layers.DepthwiseConv2D):
+        new.set_weights([w[:, :, kept_in] if w.ndim == 4 else w[kept_in] for w in old.get_weights()])
+    elif isinstance(old, (keras.layers.Conv2D, keras.layers.Dense)):
+        new.kernel.assign(_slice_kernel(old.kernel, kept_in, kept_out))
+        if old.use_bias:
+            new.bias.assign(keras.ops.convert_to_numpy(old.bias)[kept_out])
+    else:  # BatchNormalization: one vector per channel
+        new.set_weights([w[kept_in] for w in old.get_weights()])
+
+
+def _slice_kernel(kernel, kept_in, kept_out):
+    """`kernel[..., kept_in, kept_out]` of a `(..., in, out)` kernel."""
+    return keras.ops.convert_to_numpy(kernel)[..., kept_in, :][..., kept_out]
+
+
+def _kernel_inputs(conv, kept_in):
+    """Kernel input channels of the kept input channels of a (strided) OrthoConv2D.
+
+    With `strides=s` the kernel reads the space-to-depth rearrangement, whose
+    channel `k * C + c` (k < s * s) holds input channel `c`.
+    """
+    s = conv.strides[0]
+    channels = conv.input_channels // (s * s)
+    return [k * channels + c for k in range(s * s) for c in kept_in]
+
+
+def _copy_ortho(old, new, kept_in, kept_out):
+    new.kernel.assign(_slice_kernel(old.kernel, kept_in, kept_out))
+    # Same scale alpha / ||K|| as before: the kept entries of the matrix the
+    # Cayley transform sees are unchanged.
+    new.alpha.assign(old.alpha * new.kernel_norm() / old.kernel_norm())
+    if old.use_bias:
+        new.bias.assign(keras.ops.convert_to_numpy(old.bias)[kept_out])

@@ -1,0 +1,121 @@
+"""`robust-iqa prune` end to end on a tiny run, and its errors.
+
+The run folder is made here: a small robust model (not trained: pruning does
+not need it) and a synthetic CSV dataset (blurred noise textures, quality
+falling with the blur), so that the whole file takes seconds.
+"""
+
+import dataclasses
+import json
+import re
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from keras_robust_iqa import cli
+from keras_robust_iqa.models import robustify, small_iqa_cnn
+from keras_robust_iqa.training.trainer import TrainConfig
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prune-data")
+    rng = np.random.default_rng(0)
+    rows = ["path,mos,split"]
+    (root / "images").mkdir()
+    for base in range(12):
+        texture = Image.fromarray((rng.uniform(size=(SIZE, SIZE, 3)) * 255).astype("uint8"))
+        split = "train" if base < 8 else ("val" if base < 10 else "test")
+        for level in range(5):
+            name = f"images/b{base}_l{level}.png"
+            texture.filter(ImageFilter.GaussianBlur(0.6 * level)).save(root / name)
+            rows.append(f"{name},{100 - 18 * level + rng.uniform(-3, 3):.2f},{split}")
+    (root / "mos.csv").write_text("\n".join(rows) + "\n")
+    run = tmp_path_factory.mktemp("runs") / "robust"
+    run.mkdir()
+    keras.utils.set_random_seed(0)
+    robustify(small_iqa_cnn(SIZE, widths=(8, 16), head_units=8), mode="replace").save(run / "model.keras")
+    config = TrainConfig(dataset="csv", data_dir=str(root), model="small", robust="replace", epochs=1,
+                         batch_size=8, patch_size=SIZE, patches_per_image=1)
+    (run / "config.json").write_text(json.dumps(dataclasses.asdict(config)))
+    return run
+
+
+@pytest.fixture(scope="module")
+def pruned_run(tiny_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "robust-pruned"
+    code = cli.main(["prune", "--run", str(tiny_run), "--fraction", "0.4", "--prune-epochs", "1",
+                     "--finetune-epochs", "1", "--out", str(out)])
+    assert code == 0
+    return out
+
+
+def test_prune_writes_a_run_folder_and_a_report(tiny_run, pruned_run):
+    for name in ("model.keras", "config.json", "metrics.json", "history.csv", "pruned/model.keras",
+                 "pruning_report.json", "pruning_report.md"):
+        assert (pruned_run / name).is_file(), name
+    report = json.loads((pruned_run / "pruning_report.json").read_text())
+    before, after, tuned = (report["stages"][s] for s in ("before", "after_pruning", "after_finetune"))
+    assert report["pruned_fraction"] >= 0.3 and report["pruned_channels"] < report["prunable_channels"]
+    assert after["params"] < before["params"] and after["flops"] < before["flops"]
+    assert tuned["params"] == after["params"]
+    assert after["lipschitz_bound"] <= before["lipschitz_bound"] * (1 + 1e-6)
+    for stage in (before, after, tuned):
+        assert -1 <= stage["test"]["srocc"] <= 1 and -1 <= stage["test"]["plcc"] <= 1
+    config = json.loads((pruned_run / "config.json").read_text())
+    assert config["pruning"]["fraction"] == 0.4 and config["pruning"]["schedule"]["class_name"] == "PolynomialDecay"
+    markdown = (pruned_run / "pruning_report.md").read_text()
+    assert "| parameters | " in markdown and "after fine-tuning" in markdown
+    widths = {name: layer["channels_after"] for name, layer in report["layers"].items()}
+    # round(0.4 * MaxMin pairs) of each layer: 2 of 4, 3 of 8, 2 of 4; the output stays.
+    assert widths == {"conv1_ortho": 4, "conv2_ortho": 10, "fc1_ortho": 4, "quality_ortho": 1}
+
+
+def test_pruned_model_reloads_safely_and_trains(pruned_run):
+    model = keras.saving.load_model(pruned_run / "model.keras", safe_mode=True)
+    model.compile(keras.optimizers.Adam(1e-3), "mse")
+    x = np.random.default_rng(0).uniform(size=(4, SIZE, SIZE, 3)).astype("float32")
+    before = np.asarray(model(x))
+    history = model.fit(x, np.full((4, 1), 0.5, "float32"), epochs=1, batch_size=4, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"])) and not np.allclose(np.asarray(model(x)), before)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--fraction", "1.0"], r"fraction must be in \[0, 1\)"),
+    (["--fraction", "-0.1"], r"fraction must be in \[0, 1\)"),
+    (["--tau", "1e9"], r"would remove all \d+ output channels of layer"),
+    (["--tau", "-1"], "--tau must be a positive number"),
+    (["--fraction", "0.3", "--finetune-epochs", "-1"], "--finetune-epochs must be an integer >= 0"),
+])
+def test_bad_values_are_clear_errors(tiny_run, tmp_path, capsys, args, message):
+    assert cli.main(["prune", "--run", str(tiny_run), *args, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("robust-iqa prune: error: ")
+    assert re.search(message, err), err
+
+
+def test_missing_run_folder_or_model_is_a_clear_error(tmp_path, capsys):
+    missing = tmp_path / "no-such-run"
+    assert cli.main(["prune", "--run", str(missing), "--fraction", "0.3", "--out", str(tmp_path / "o")]) == 2
+    assert f"Run folder {missing} does not exist" in capsys.readouterr().err
+    empty = tmp_path / "empty-run"
+    empty.mkdir()
+    assert cli.main(["prune", "--run", str(empty), "--fraction", "0.3", "--out", str(tmp_path / "o")]) == 2
+    assert "holds no model.keras" in capsys.readouterr().err
+
+
+def test_exactly_one_target_and_every_option_explained(capsys):
+    for args in ([], ["--fraction", "0.3", "--tau", "0.01"]):
+        with pytest.raises(SystemExit) as info:
+            cli.main(["prune", "--run", "r", "--out", "o", *args])
+        assert info.value.code == 2
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        cli.main(["prune", "--help"])
+    text = capsys.readouterr().out
+    for option in ("--run", "--fraction", "--tau", "--prune-epochs", "--finetune-epochs", "--learning-rate", "--out"):
+        assert option in text

@@ -1,0 +1,215 @@
+"""Which channels go together, and the model rebuilt without them.
+
+The orthogonal layers of a pruned model are checked independently of their own
+code, as in tests/layers: singular values of the operator from its impulse responses.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from helpers import singular_values
+
+from keras_robust_iqa import layers as rl
+from keras_robust_iqa.models import lipschitz_bound, robustify, small_iqa_cnn
+from keras_robust_iqa.pruning import ChannelGraph, masked_model, prune_model, set_masks
+from keras_robust_iqa.pruning.cost import count_flops, leaf_layers
+from keras_robust_iqa.pruning.surgery import _kernel_inputs
+
+
+def branchy_model(padding="same"):
+    """Residual block, convex merge, concatenation, strided conv, space-to-depth, dense head."""
+    x = keras.Input((8, 8, 3), name="image")
+    stem = rl.MaxMin(name="stem_act")(rl.OrthoConv2D(8, padding=padding, name="stem")(x))
+    res = rl.RobustBlock(8, residual=True, padding=padding, name="res")(stem)
+    branch = rl.RobustBlock(8, padding=padding, name="branch")(stem)
+    merged = rl.ConvexCombination(name="merge")([res, branch])
+    side = rl.GroupSort(2, name="side_act")(rl.OrthoConv2D(4, padding=padding, name="side")(stem))
+    cat = keras.layers.Concatenate(name="cat")([merged, side])
+    down = rl.MaxMin(name="down_act")(rl.OrthoConv2D(8, strides=2, padding=padding, name="down")(cat))
+    s2d = rl.InvertibleDownsampling(2, name="s2d")(down)
+    mix = rl.MaxMin(name="mix_act")(rl.OrthoConv2D(8, kernel_size=1, padding=padding, name="mix")(s2d))
+    pooled = rl.GlobalL2NormPooling2D(name="pool")(mix)
+    fc = rl.MaxMin(name="fc_act")(rl.OrthoDense(4, name="fc")(pooled))
+    out = rl.OutputScale(2.0, name="scale")(rl.OrthoDense(1, name="out")(fc))
+    model = keras.Model(x, out, name="branchy")
+    for i, w in enumerate(model.weights):  # away from the initialisers' symmetries
+        if len(w.shape) >= 2:
+            w.assign(tf.random.stateless_normal(w.shape, seed=(i, 0)))
+    return model
+
+
+@pytest.fixture(scope="module")
+def branchy():
+    model = branchy_model()
+    return model, ChannelGraph(model)
+
+
+def layers_of_groups(graph):
+    return sorted(tuple(sorted({graph.owner[a][0] for a in atoms})) for atoms in graph.groups)
+
+
+def test_ties_follow_the_graph(branchy):
+    model, graph = branchy
+    assert set(graph.producers) == {"stem", "branch", "side", "down", "mix", "fc", "out"}
+    assert "res" not in graph.producers and graph.inputs_of["res"] == graph.outputs_of["res"]
+    by_layers = layers_of_groups(graph)
+    # MaxMin pairs of the stem are tied, through the residual block and the convex merge,
+    # to the same pairs of the branch block: 4 groups of 4 channels.
+    assert by_layers.count(("branch", "stem")) == 4
+    for atoms in graph.groups:
+        channels = sorted(graph.owner[a] for a in atoms)
+        if {c[0] for c in channels} == {"branch", "stem"}:
+            first = channels[0][1]
+            assert first % 2 == 0 and channels == [("branch", first), ("branch", first + 1),
+                                                   ("stem", first), ("stem", first + 1)]
+    assert by_layers.count(("side",)) == 2 and by_layers.count(("down",)) == 4
+    assert by_layers.count(("mix",)) == 4 and by_layers.count(("fc",)) == 2
+    (out_group,) = [g for g, atoms in enumerate(graph.groups) if graph.owner[atoms[0]][0] == "out"]
+    assert graph.frozen_groups == {out_group}  # the model's output stays
+    assert graph.prunable_channels == 8 + 8 + 4 + 8 + 8 + 4
+    # Concatenation then space-to-depth: the strided conv reads stem/branch then side
+    # channels; the 1x1 conv reads the `down` channels four times over.
+    assert [graph.owner[a][0] for a in graph.inputs_of["down"]] == ["stem"] * 8 + ["side"] * 4
+    assert graph.inputs_of["mix"] == graph.outputs_of["down"] * 4
+    components = sorted(sorted({graph.owner[a][0] for g in c for a in graph.groups[g]}) for c in graph.components())
+    assert components == [["branch", "stem"], ["down"], ["fc"], ["mix"], ["side"]]
+
+
+def test_fraction_is_taken_per_component_smallest_mean_weight_first(branchy):
+    model, graph = branchy
+    scores = graph.scores()
+    pruned = graph.select(scores, fraction=0.5)
+    group_scores = graph.group_scores(scores)
+    for component in graph.components():
+        chosen = [g for g in component if g in pruned]
+        assert len(chosen) == round(0.5 * len(component))
+        assert max(group_scores[g] for g in chosen) <= min(group_scores[g] for g in component if g not in pruned)
+    # A threshold prunes exactly the groups below it (this one leaves every layer its best group).
+    tau = min(max(group_scores[g] for g in c) for c in graph.components())
+    assert graph.select(scores, tau=tau) == {g for g, s in enumerate(group_scores)
+                                             if s < tau and g not in graph.frozen_groups}
+
+
+def test_every_layer_keeps_a_channel(branchy):
+    model, graph = branchy
+    pruned = graph.select(graph.scores(), fraction=0.99)
+    pruned_model = prune_model(model, graph, pruned)
+    widths = {layer.name: layer.filters if hasattr(layer, "filters") else getattr(layer, "units", None)
+              for layer in pruned_model.layers}
+    assert all(widths[name] == 2 for name in ("stem", "branch", "down", "mix", "fc", "side"))
+
+
+def test_a_tau_that_empties_a_layer_is_an_error(branchy):
+    model, graph = branchy
+    scores = graph.scores()
+    top = max(float(s.max()) for s in scores.values())
+    with pytest.raises(ValueError, match=r"tau=.* would remove all \d+ output channels of layer '\w+' "
+                                         r"\(their mean weights are .* to .*\)"):
+        graph.select(scores, tau=top * 1.01)
+    with pytest.raises(ValueError, match="exactly one"):
+        graph.select(scores)
+
+
+@pytest.mark.parametrize("padding", ["same", "circular"])
+def test_surgery_keeps_orthogonal_layers_orthogonal(padding):
+    model = branchy_model(padding)
+    graph = ChannelGraph(model)
+    pruned_groups = graph.select(graph.scores(), fraction=0.5)
+    pruned = prune_model(model, graph, pruned_groups)
+    x = np.random.default_rng(0).uniform(size=(2, 8, 8, 3)).astype("float32")
+    assert np.all(np.isfinite(np.asarray(pruned(x))))
+    assert pruned.count_params() < model.count_params() and count_flops(pruned) < count_flops(model)
+    assert lipschitz_bound(pruned) <= lipschitz_bound(model)
+    checked = 0
+    for layer in leaf_layers(pruned):
+        conv = layer.conv if isinstance(layer, rl.RobustBlock) else layer
+        if not isinstance(conv, (rl.OrthoConv2D, rl.OrthoDense)):
+            continue
+        in_shape = tuple(layer.input.shape[1:])
+        bias = conv.bias.numpy()
+        conv.bias.assign(np.zeros_like(bias))  # the linear part
+        sv = singular_values(lambda x: conv(x, training=False), in_shape)
+        conv.bias.assign(bias)
+        rank = min(np.prod(in_shape), np.prod(conv.compute_output_shape((1, *in_shape))[1:]))
+        assert sv.max() <= 1.0 + 1e-4, layer.name
+        if padding == "circular" or isinstance(conv, rl.OrthoDense):  # exactly (semi-)orthogonal
+            np.testing.assert_allclose(sv[:rank], 1.0, atol=1e-4, err_msg=layer.name)
+        checked += 1
+    assert checked == 8
+
+
+def test_kernel_inputs_follow_space_to_depth():
+    """Input channel c of a stride-2 OrthoConv2D is kernel channel k * C + c."""
+    channels = 5
+    conv = rl.OrthoConv2D(4, strides=2)
+    conv(tf.zeros((1, 4, 4, channels)))
+    x = tf.broadcast_to(tf.range(channels, dtype=tf.float32), (1, 4, 4, channels))
+    holds = np.asarray(tf.nn.space_to_depth(x, 2))[0, 0, 0]  # which input channel each kernel input is
+    kept = [1, 3, 4]
+    expected = [i for i, c in enumerate(holds) if c in kept]
+    assert sorted(_kernel_inputs(conv, kept)) == expected
+    assert [holds[i] for i in _kernel_inputs(conv, kept)] == kept * 4  # the new layer's layout
+
+
+def test_nothing_pruned_reproduces_the_model(branchy):
+    model, graph = branchy
+    x = np.random.default_rng(1).uniform(size=(3, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(prune_model(model, graph, set())(x)), np.asarray(model(x)), rtol=1e-5)
+
+
+def test_masks_equal_removal_for_plain_layers():
+    """Conv-BN-ReLU (and Dense): a masked channel is exactly a removed one."""
+    keras.utils.set_random_seed(0)
+    model = small_iqa_cnn(16, widths=(8, 8, 16), head_units=8)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.set_weights([np.random.default_rng(3).uniform(0.5, 2, size=w.shape).astype("float32")
+                               for w in layer.get_weights()])
+    graph = ChannelGraph(model)
+    pruned_groups = graph.select(graph.scores(), fraction=0.4)
+    masked, masks = masked_model(model, graph)
+    set_masks(graph, masks, pruned_groups)
+    pruned = prune_model(model, graph, pruned_groups)
+    x = np.random.default_rng(2).uniform(size=(4, 16, 16, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(pruned(x)), np.asarray(masked(x)), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(np.asarray(pruned(x)), np.asarray(model(x)))
+    widths = [layer.filters for layer in pruned.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert widths == [5, 5, 10]  # round(0.4 * 8) = 3 and round(0.4 * 16) = 6 removed
+
+
+def test_replace_model_bound_never_rises():
+    keras.utils.set_random_seed(0)
+    model = robustify(small_iqa_cnn(16, widths=(8, 8, 16), head_units=8), mode="replace")
+    graph = ChannelGraph(model)
+    for fraction in (0.25, 0.5, 0.9):
+        pruned = prune_model(model, graph, graph.select(graph.scores(), fraction=fraction))
+        assert lipschitz_bound(pruned) <= lipschitz_bound(model)
+
+
+def plain(*layers, shape=(4, 4, 3)):
+    x = keras.Input(shape)
+    y = x
+    for layer in layers:
+        y = layer(y)
+    return keras.Model(x, y)
+
+
+@pytest.mark.parametrize("model_fn,message", [
+    (lambda: plain(keras.layers.GlobalAveragePooling2D()), "no prunable layer"),
+    (lambda: plain(keras.layers.Flatten(), keras.layers.Dense(1)), "no prunable channel"),
+    # Flatten mixes space into channels: the conv's channels are left whole.
+    (lambda: plain(keras.layers.Conv2D(4, 3), keras.layers.Flatten(), keras.layers.Dense(1)),
+     "no prunable channel"),
+])
+def test_models_with_nothing_to_prune_are_errors(model_fn, message):
+    with pytest.raises(ValueError, match=message):
+        ChannelGraph(model_fn())
+
+
+def test_a_shared_layer_is_an_error():
+    x = keras.Input((4,))
+    dense = keras.layers.Dense(4, name="shared")
+    model = keras.Model(x, keras.layers.Dense(1)(dense(dense(x))))
+    with pytest.raises(ValueError, match="'shared' is called more than once"):
+        ChannelGraph(model)
