@@ -17,8 +17,11 @@ def patch_grid(images, patch_size):
     """`(B, H, W, C)` -> `(B, K, patch, patch, C)`: the centred grid of disjoint patches."""
     images = tf.convert_to_tensor(images)
     height, width = images.shape[1], images.shape[2]
+    if height is None or width is None:
+        # Traced for any image size (an export signature): sizes known at run time.
+        height, width = tf.shape(images)[1], tf.shape(images)[2]
     rows, cols = height // patch_size, width // patch_size
-    if rows == 0 or cols == 0:
+    if isinstance(rows, int) and (rows == 0 or cols == 0):
         raise ValueError(
             f"Image of size {height}x{width} is smaller than the patch size {patch_size}."
         )

@@ -1,0 +1,88 @@
+"""Rebuild a Keras IQA model into a frozen, builtin-op "deployment" model.
+
+Every orthogonal layer becomes a plain equivalent with its current weights
+frozen: `OrthoConv2D` a `LoweredOrthoConv2D` (real DFT matrix products),
+`OrthoDense` a `Dense` holding its orthogonal matrix, `RobustBlock` the same
+three steps spelled out. No Cayley transform, no FFT, no complex tensor and no
+inference cache is left, so every export format (SavedModel, TFLite, ONNX)
+starts from the same graph of ordinary ops. All other layers are shared with
+the original model, weights included.
+"""
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_robust_iqa import layers as robust_layers
+from keras_robust_iqa.deployment.lowered_conv2d import LoweredOrthoConv2D
+from keras_robust_iqa.models.patches import model_patch_size
+from keras_robust_iqa.models.robustify import flat_layers
+
+
+def deployment_model(model, *, atol=1e-5, probe_size=4, seed=0):
+    """The frozen builtin-op twin of `model`, verified against it.
+
+    Args:
+        model: a functional or Sequential Keras model on fixed-size patches
+            (a base, robust or pruned IQA model).
+        atol: largest absolute difference of the outputs allowed on the probe.
+        probe_size: patches, uniform in [0, 1], on which both models are run.
+
+    Returns:
+        A new Keras model with the same input and output.
+
+    Raises:
+        RuntimeError: the lowered model's outputs differ from the original's
+            by more than `atol` (a bug, never expected).
+    """
+    deploy = keras.models.clone_model(model, clone_function=_lowered, recursive=True)
+    deploy.name = f"{model.name}_deploy"
+    leftovers = [layer.name for layer in flat_layers(deploy) if _is_orthogonal(layer)]
+    if leftovers:
+        raise RuntimeError(f"Layers left unlowered in the deployment model: {leftovers}.")
+    patch = model_patch_size(model)
+    probe = tf.random.stateless_uniform((probe_size, patch, patch, model.inputs[0].shape[-1]), seed=(seed, 1))
+    gap = float(np.max(np.abs(np.asarray(model(probe, training=False)) - np.asarray(deploy(probe)))))
+    if not gap <= atol:
+        raise RuntimeError(
+            f"Lowering {model.name} changed its outputs by {gap:.3g} (> atol={atol:g})."
+        )
+    return deploy
+
+
+def _is_orthogonal(layer):
+    return isinstance(layer, (robust_layers.OrthoConv2D, robust_layers.OrthoDense, robust_layers.RobustBlock))
+
+
+def _lowered(layer):
+    if isinstance(layer, robust_layers.OrthoConv2D):
+        return LoweredOrthoConv2D.from_ortho_conv(layer)
+    if isinstance(layer, robust_layers.OrthoDense):
+        return _dense(layer)
+    if isinstance(layer, robust_layers.RobustBlock):
+        return _robust_block(layer)
+    # Everything else is already made of ordinary ops: share it, weights and all.
+    return layer
+
+
+def _dense(layer):
+    q = keras.ops.convert_to_numpy(layer.orthogonal_matrix())
+    dense = keras.layers.Dense(layer.units, use_bias=layer.use_bias, name=layer.name, trainable=False)
+    dense.build((None, q.shape[1]))
+    dense.kernel.assign(q.T)
+    if layer.use_bias:
+        dense.bias.assign(keras.ops.convert_to_numpy(layer.bias))
+    return dense
+
+
+def _robust_block(block):
+    """`GroupSort(conv(x) + b)`, with the convex residual as a `ConvexCombination`."""
+    conv = LoweredOrthoConv2D.from_ortho_conv(block.conv)
+    inputs = keras.Input(conv.input_size)
+    y = robust_layers.GroupSort(block.activation.group_size, name="groupsort")(conv(inputs))
+    if block.residual:
+        # softmax([t, 0]) = [sigmoid(t), 1 - sigmoid(t)]: the block's own lambda.
+        mix = robust_layers.ConvexCombination(name="residual", trainable=False)
+        y = mix([inputs, y])
+        mix.logits.assign([float(keras.ops.convert_to_numpy(block.residual_logit)), 0.0])
+    return keras.Model(inputs, y, name=block.name)

@@ -1,0 +1,258 @@
+"""Export to SavedModel, TFLite and ONNX: parity with Keras on real images, builtin ops only,
+a SavedModel that loads without the package, atomic writes, clear errors."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import scipy.stats
+import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
+
+from keras_robust_iqa import cli, data, models
+from keras_robust_iqa.deployment import LoweredOrthoConv2D, deployment_model
+from keras_robust_iqa.deployment import export as export_module
+from keras_robust_iqa.deployment.export import export_run, tflite_operators
+from keras_robust_iqa.deployment.runtimes import load_runtime
+from keras_robust_iqa.layers import OrthoConv2D, OrthoDense, RobustBlock
+from keras_robust_iqa.models.robustify import flat_layers
+
+PATCH = 32
+KINDS = ("base", "replace", "insert")
+
+
+@pytest.fixture(scope="module")
+def builtin():
+    """32 test images spread over the split for parity (centre crops of 96x128: a 3x4 grid of
+    patches, kept small for time), 32 training images for a short fit."""
+    table = data.load_table("builtin")
+    test, train = table.subset("test"), table.subset("train")
+    pick = lambda t: np.linspace(0, len(t.paths) - 1, 32).astype(int)
+    train_idx = pick(train)
+    train_images = np.stack(data.load_images(train, train_idx))
+    patches = models.patch_grid(train_images, PATCH)
+    labels = np.repeat(train.normalize(train.mos[train_idx]), patches.shape[1])
+    patches = np.asarray(tf.reshape(patches, (-1, PATCH, PATCH, 3)))
+    return {
+        "images": np.stack(data.load_images(test, pick(test)))[:, 80:176, 64:192],
+        "fit": (patches[::4], labels[::4]),  # 512 patches, every image represented
+        "mos_range": table.mos_range,
+    }
+
+
+def trained_base(fit):
+    """The small CNN after a few steps of real training, so that its scores follow the images."""
+    keras.utils.set_random_seed(0)
+    model = models.build_model("small", patch_size=PATCH)
+    model.compile(keras.optimizers.Adam(3e-3), "mse")
+    model.fit(*fit, batch_size=64, epochs=1, verbose=0)
+    return model
+
+
+def save_run(model, folder, mos_range):
+    folder.mkdir(parents=True)
+    model.save(folder / "model.keras")
+    (folder / "config.json").write_text(json.dumps({"patch_size": PATCH, "mos_range": list(mos_range)}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def exported(builtin, tmp_path_factory):
+    """The base run and its two robust versions (weights carried over from the base, as a
+    fine-tuning run starts), each exported once; the base through the CLI."""
+    root = tmp_path_factory.mktemp("export")
+    out = root / "out"
+    base = trained_base(builtin["fit"])
+    runs = {}
+    for kind in KINDS:
+        model = base if kind == "base" else models.robustify(base, mode=kind)
+        runs[kind] = save_run(model, root / "runs" / kind, builtin["mos_range"])
+        if kind == "base":
+            assert cli.main(["export", "--run", str(runs[kind]), "--format", "all", "--out", str(out)]) == 0
+        else:
+            export_run(runs[kind], out, "all", verbose=False)
+    return {"root": root, "out": out, "runs": runs}
+
+
+def keras_scores(run, images):
+    model = keras.saving.load_model(run / "model.keras", safe_mode=True)
+    return models.score_images(model, images)
+
+
+# The lowering itself ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "size, cin, cout, kernel, strides, padding",
+    [
+        ((8, 8), 3, 4, 3, 1, "same"),
+        ((6, 10), 4, 4, 3, 2, "same"),
+        ((7, 5), 2, 6, 3, 1, "circular"),
+        ((9, 9), 5, 3, 5, 1, "same"),
+        ((8, 6), 2, 2, 2, 2, "circular"),
+    ],
+)
+def test_lowered_conv_is_the_same_operator(size, cin, cout, kernel, strides, padding):
+    rng = np.random.default_rng(0)
+    layer = OrthoConv2D(cout, kernel, strides=strides, padding=padding)
+    layer.build((None, *size, cin))
+    layer.kernel.assign(rng.normal(size=layer.kernel.shape).astype("float32"))
+    layer.bias.assign(rng.normal(size=cout).astype("float32"))
+    lowered = LoweredOrthoConv2D.from_ortho_conv(layer)
+    # Same operator: compared on impulses (every input pixel and channel), so the whole
+    # matrix matches, bias included, and on a photograph-like smooth input.
+    n = size[0] * size[1] * cin
+    impulses = np.eye(n, dtype="float32").reshape(n, *size, cin)
+    want = np.asarray(layer(impulses, training=False))
+    got = np.asarray(lowered(impulses))
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=2e-6)
+    # The lowered operator keeps the layer's contraction: singular values <= 1.
+    linear = (got - np.asarray(layer.bias)).reshape(n, -1)
+    assert np.linalg.svd(linear, compute_uv=False).max() <= 1 + 1e-4
+    assert all(v.dtype == "float32" and not v.trainable for v in lowered.weights)
+
+
+def test_deployment_model_is_plain_and_frozen(builtin):
+    keras.utils.set_random_seed(2)
+    model = models.robustify(models.build_model("small", patch_size=PATCH), "insert")
+    model.get_layer("relu2_robust_block").residual_logit.assign(-0.4)
+    deploy = deployment_model(model)
+    kinds = {type(layer) for layer in flat_layers(deploy)}
+    assert not kinds & {OrthoConv2D, OrthoDense, RobustBlock}
+    assert LoweredOrthoConv2D in kinds
+    assert not any(v.dtype.startswith("complex") for v in deploy.weights)
+    x = builtin["images"][:2, :PATCH, :PATCH]
+    np.testing.assert_allclose(np.asarray(deploy(x)), np.asarray(model(x, training=False)), atol=1e-5)
+
+
+# Parity on 32 real images ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_exports_match_keras_on_builtin_images(exported, builtin, kind):
+    run, out, images = exported["runs"][kind], exported["out"], builtin["images"]
+    lo, hi = builtin["mos_range"]
+    reference = keras_scores(run, images)
+    assert np.std(reference) > 1e-3  # the model tells the images apart
+    paths = {
+        "savedmodel": out / "savedmodel" / kind / "1",
+        "tflite": out / "tflite" / f"{kind}.float32.tflite",
+        "onnx": out / "onnx" / f"{kind}.onnx",
+    }
+    for fmt, path in paths.items():
+        normalized = (load_runtime(fmt, path)(images) - lo) / (hi - lo)
+        assert np.max(np.abs(normalized - reference)) <= 1e-4, fmt
+    float_tflite = load_runtime("tflite", paths["tflite"])(images)
+    int8 = load_runtime("tflite", out / "tflite" / f"{kind}.int8.tflite")(images)
+    assert scipy.stats.spearmanr(int8, float_tflite)[0] >= 0.99
+    # Dynamic-range int8 really changed the weights (the file is smaller, outputs move a little).
+    assert (out / "tflite" / f"{kind}.int8.tflite").stat().st_size < 0.5 * paths["tflite"].stat().st_size
+    assert np.max(np.abs(int8 - float_tflite)) > 0
+    report = json.loads((out / f"{kind}.export.json").read_text())
+    assert report["mos_range"] == [lo, hi] and report["patch_size"] == PATCH
+    assert set(report["files"]) == {"savedmodel", "tflite", "tflite_int8", "onnx"}
+
+
+@pytest.mark.parametrize("kind", ("replace", "insert"))
+def test_tflite_has_builtin_ops_only(exported, kind):
+    for variant in ("float32", "int8"):
+        path = exported["out"] / "tflite" / f"{kind}.{variant}.tflite"
+        from_flatbuffer = tflite_operators(path.read_bytes())
+        interpreter = Interpreter(model_path=str(path))
+        from_interpreter = {op["op_name"] for op in interpreter._get_ops_details()}
+        assert from_interpreter == set(from_flatbuffer)
+        assert not [op for op in from_flatbuffer if op.startswith("Flex") or op == "CUSTOM" or not op.isupper()]
+        # The orthogonal convolution became real matrix products: no FFT, no complex op.
+        assert "BATCH_MATMUL" in from_flatbuffer and "FULLY_CONNECTED" in from_flatbuffer
+        assert not [op for op in from_flatbuffer if "FFT" in op or "COMPLEX" in op]
+
+
+# SavedModel without the package ----------------------------------------------------------
+
+LOADER = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+loaded = tf.saved_model.load(sys.argv[1])
+images = np.load(sys.argv[2])
+mos = loaded.signatures["serving_default"](images=tf.constant(images))["mos"].numpy()
+uint8 = (images * 255).round().astype("uint8")
+mos_uint8 = loaded.signatures["serving_uint8"](images=tf.constant(uint8))["mos"].numpy()
+mos_requant = loaded.signatures["serving_default"](images=tf.constant(uint8 / np.float32(255)))["mos"].numpy()
+print(json.dumps({
+    "mos": mos.tolist(), "mos_uint8": mos_uint8.tolist(), "mos_requant": mos_requant.tolist(),
+    "package_imported": any(m.split(".")[0] == "keras_robust_iqa" for m in sys.modules),
+    "variable_dtypes": sorted({v.dtype.name for v in loaded.signatures["serving_default"].variables}),
+    "variable_names": [v.name for v in loaded.signatures["serving_default"].variables],
+}))
+"""
+
+
+def test_savedmodel_serves_without_the_package(exported, builtin, tmp_path):
+    images = builtin["images"][:4, :, :70]  # 3x2 patches, borders left out on both sides
+    np.save(tmp_path / "images.npy", images)
+    env = dict(os.environ, PYTHONPATH="", TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run(
+        [sys.executable, "-c", LOADER, str(exported["out"] / "savedmodel" / "replace" / "1"),
+         str(tmp_path / "images.npy")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    got = json.loads(result.stdout.strip().splitlines()[-1])
+    assert got["package_imported"] is False
+    assert got["variable_dtypes"] == ["float32"]  # no complex inference cache
+    assert not [n for n in got["variable_names"] if "cache" in n or "seen" in n]
+    lo, hi = builtin["mos_range"]
+    reference = keras_scores(exported["runs"]["replace"], images)
+    np.testing.assert_allclose((np.array(got["mos"]) - lo) / (hi - lo), reference, atol=1e-4)
+    np.testing.assert_allclose(got["mos_uint8"], got["mos_requant"], atol=1e-4)
+
+
+def test_models_config_lists_every_exported_model(exported):
+    text = (exported["out"] / "savedmodel" / "models.config").read_text()
+    for kind in KINDS:
+        assert f'name: "{kind}"' in text and f'base_path: "/models/{kind}"' in text
+
+
+# Reliability ----------------------------------------------------------------------------
+
+
+def test_interrupted_export_leaves_the_previous_model(exported, monkeypatch, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(exported["out"] / "savedmodel" / "base", out / "savedmodel" / "base")
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # after the new SavedModel was written to the staging folder
+
+    monkeypatch.setattr(export_module, "convert_tflite", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_run(exported["runs"]["base"], out, "all", verbose=False)
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before  # the valid model untouched, nothing half-written, staging removed
+    assert not [p for p in out.iterdir() if p.name.startswith(".export-")]
+
+
+def test_clear_errors(exported, tmp_path, capsys):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        export_run(tmp_path / "nope", tmp_path / "out")
+    empty = tmp_path / "empty-run"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no model.keras"):
+        export_run(empty, tmp_path / "out")
+    with pytest.raises(ValueError, match="Argument `format`.*'coreml'"):
+        export_run(exported["runs"]["base"], tmp_path / "out", "coreml")
+    assert cli.main(["export", "--run", str(empty), "--out", str(tmp_path / "out")]) == 2
+    assert "holds no model.keras" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["export", "--run", str(empty), "--format", "coreml", "--out", str(tmp_path)])
+    assert "invalid choice: 'coreml'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
