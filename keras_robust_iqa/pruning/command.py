@@ -26,8 +26,8 @@ def add_parser(subparsers):
     p.add_argument("--finetune-epochs", type=int, default=5,
                    help="epochs of fine-tuning after the channels are removed; the best epoch by "
                    "validation SROCC is kept (default: 5)")
-    p.add_argument("--learning-rate", type=float, default=1e-4,
-                   help="Adam learning rate for the masked epochs and fine-tuning (default: 1e-4)")
+    p.add_argument("--learning-rate", type=float,
+                   help="Adam learning rate for the masked epochs and fine-tuning (default: the run's)")
     p.add_argument("--out", required=True, help="run folder to write, e.g. runs/NAME-pruned")
     p.set_defaults(func=run)
 

@@ -2,7 +2,7 @@
 
 The output folder is a run folder like `train`'s (`model.keras`, `config.json`,
 `metrics.json`, `history.csv`) plus `pruned/model.keras` (right after the
-surgery, before fine-tuning) and `pruning_report.json` / `.md`: parameters,
+surgery, before fine-tuning) and `pruning_report.json` / `.md` / `.png`: parameters,
 FLOPs, latency, SROCC / PLCC and the Lipschitz bound before pruning, after
 pruning and after fine-tuning.
 """
@@ -77,7 +77,7 @@ def _check_epochs(name, value):
 
 
 def prune_run(run, out, *, fraction=None, tau=None, prune_epochs=1, finetune_epochs=5,
-              learning_rate=1e-4, verbose="auto"):
+              learning_rate=None, verbose="auto"):
     """Prune the model of run folder `run`, fine-tune it, and write run folder `out`.
 
     1. Mean-weight criterion: with `fraction`, that share of the prunable
@@ -88,7 +88,9 @@ def prune_run(run, out, *, fraction=None, tau=None, prune_epochs=1, finetune_epo
        the network adapts while channels go; 0 prunes at once.
     3. Surgery: the model is rebuilt without the pruned channels.
     4. `finetune_epochs` of `train` (same dataset settings as the run, the
-       best epoch by validation SROCC kept), at `learning_rate`.
+       best epoch by validation SROCC kept), at `learning_rate` (default: the
+       run's own: a network that lost a third of its channels has much to
+       relearn).
 
     Returns:
         The report written to `pruning_report.json`.
@@ -101,9 +103,10 @@ def prune_run(run, out, *, fraction=None, tau=None, prune_epochs=1, finetune_epo
         raise ValueError(f"--tau must be a positive number, got {tau!r}.")
     _check_epochs("prune-epochs", prune_epochs)
     _check_epochs("finetune-epochs", finetune_epochs)
-    if not learning_rate > 0:
+    if learning_rate is not None and not learning_rate > 0:
         raise ValueError(f"--learning-rate must be positive, got {learning_rate!r}.")
     model, config = read_run(run)
+    learning_rate = learning_rate or config.learning_rate
     graph = ChannelGraph(model)
     initial_scores = graph.scores()
     if tau is not None:
@@ -166,6 +169,7 @@ def prune_run(run, out, *, fraction=None, tau=None, prune_epochs=1, finetune_epo
     (out / "config.json").write_text(json.dumps(saved_config, indent=2))
     (out / "pruning_report.json").write_text(json.dumps(report, indent=2))
     (out / "pruning_report.md").write_text(report_markdown(report))
+    plot_channels(report, out / "pruning_report.png")
     return report
 
 
@@ -194,6 +198,27 @@ def _report(run, graph, pruned_groups, scores, stages, *, schedule, **settings):
         "layers": layers,
         "stages": stages,
     }
+
+
+def plot_channels(report, path):
+    """Output channels of each prunable layer before and after pruning, as bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["layers"])
+    x = np.arange(len(names))
+    figure, axis = plt.subplots(figsize=(max(5, 0.9 * len(names) + 2), 4))
+    axis.bar(x - 0.2, [report["layers"][n]["channels_before"] for n in names], 0.4, label="before")
+    axis.bar(x + 0.2, [report["layers"][n]["channels_after"] for n in names], 0.4, label="after pruning")
+    axis.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
+    axis.set_ylabel("output channels")
+    axis.set_title(f"{report['pruned_channels']} of {report['prunable_channels']} prunable channels pruned")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 def _fmt(value, digits=4):

@@ -56,7 +56,7 @@ def pruned_run(tiny_run, tmp_path_factory):
 
 def test_prune_writes_a_run_folder_and_a_report(tiny_run, pruned_run):
     for name in ("model.keras", "config.json", "metrics.json", "history.csv", "pruned/model.keras",
-                 "pruning_report.json", "pruning_report.md"):
+                 "pruning_report.json", "pruning_report.md", "pruning_report.png"):
         assert (pruned_run / name).is_file(), name
     report = json.loads((pruned_run / "pruning_report.json").read_text())
     before, after, tuned = (report["stages"][s] for s in ("before", "after_pruning", "after_finetune"))

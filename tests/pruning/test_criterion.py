@@ -63,7 +63,8 @@ def test_plain_layers_use_their_kernels():
     conv(tf.zeros((1, 8, 8, 4)))
     dense = keras.layers.Dense(3)
     dense(tf.zeros((1, 7)))
-    np.testing.assert_allclose(channel_scores(conv), np.abs(np.asarray(conv.kernel)).mean(axis=(0, 1, 2)))
-    np.testing.assert_allclose(channel_scores(dense), np.abs(np.asarray(dense.kernel)).mean(axis=0))
+    conv_kernel, dense_kernel = (keras.ops.convert_to_numpy(k).astype("float64") for k in (conv.kernel, dense.kernel))
+    np.testing.assert_allclose(channel_scores(conv), np.abs(conv_kernel).mean(axis=(0, 1, 2)))
+    np.testing.assert_allclose(channel_scores(dense), np.abs(dense_kernel).mean(axis=0))
     with pytest.raises(ValueError, match="not a prunable layer"):
         channel_scores(keras.layers.ReLU())
