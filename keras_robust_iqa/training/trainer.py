@@ -5,7 +5,8 @@ A run folder holds what the next stages read:
 - `config.json`: the `TrainConfig` plus what it resolved to (MOS scale, patch size);
 - `metrics.json`: SROCC / PLCC / KRCC on the test split (whole images, patch-averaged),
   parameters, the Lipschitz bound where one exists, training time;
-- `history.csv`: per-epoch logs; `backup/`: BackupAndRestore state while training runs.
+- `history.csv`: per-epoch logs (`val_srocc`/`val_plcc`/`val_krcc` on whole validation
+  images, patch-averaged as the test is; `val_loss` on centre crops); `backup/`: BackupAndRestore state while training runs.
 """
 
 import csv
@@ -22,6 +23,7 @@ import tensorflow as tf
 from keras_robust_iqa import data as iqa_data
 from keras_robust_iqa import models as iqa_models
 from keras_robust_iqa.training import losses as iqa_losses
+from keras_robust_iqa.training.callbacks import WholeImageValidation
 from keras_robust_iqa.training.correlation import correlations
 from keras_robust_iqa.training.defenses import DEFENSES, InnerModelCheckpoint, defend
 from keras_robust_iqa.training.metrics import KRCC, PLCC, SROCC
@@ -200,6 +202,8 @@ def train(config, out, *, verbose="auto", callbacks=()):
         (out / "history.csv").unlink(missing_ok=True)
     fit_callbacks = [
         keras.callbacks.BackupAndRestore(str(out / "backup")),
+        # Before the callbacks that read val_srocc: whole images, scored as the test is.
+        WholeImageValidation(table.subset("val")),
         InnerModelCheckpoint(  # a defended model saves its plain IQA model
             str(out / "model.keras"), monitor="val_srocc", mode="max", save_best_only=True,
             initial_value_threshold=best_so_far,
