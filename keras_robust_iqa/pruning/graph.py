@@ -172,7 +172,7 @@ class ChannelGraph:
         self.outputs_of = {}
         self.mixing = []
         self._seen = set()
-        inputs, outputs = walk(model, self._visit)
+        _, outputs = walk(model, self._visit)
         for t in tree.flatten(outputs):
             self._frozen_atoms.update(self._atoms[id(t)])
         self._collect_groups()
