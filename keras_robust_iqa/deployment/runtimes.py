@@ -7,10 +7,13 @@
 import numpy as np
 
 
-def load_runtime(format, path):
+def load_runtime(format, path, num_threads=None):
+    """`num_threads`: TFLite interpreter threads (default: the runtime's own choice)."""
     loaders = {"savedmodel": _savedmodel, "tflite": _tflite, "onnx": _onnx}
     if format not in loaders:
         raise ValueError(f"Argument `format` must be one of {tuple(loaders)}, got {format!r}.")
+    if format == "tflite":
+        return _tflite(str(path), num_threads)
     return loaders[format](str(path))
 
 
@@ -25,10 +28,10 @@ def _savedmodel(path):
     return predict
 
 
-def _tflite(path):
+def _tflite(path, num_threads=None):
     from ai_edge_litert.interpreter import Interpreter
 
-    interpreter = Interpreter(model_path=path)
+    interpreter = Interpreter(model_path=path, num_threads=num_threads)
     (inp,) = interpreter.get_input_details()
     (out,) = interpreter.get_output_details()
     shape = None

@@ -214,6 +214,16 @@ def test_savedmodel_serves_without_the_package(exported, builtin, tmp_path):
     np.testing.assert_allclose(got["mos_uint8"], got["mos_requant"], atol=1e-4)
 
 
+def test_sample_rest_request_runs_on_the_signature_it_names(exported):
+    request = json.loads((pathlib.Path(__file__).parents[2] / "export" / "request.json").read_text())
+    images = np.array(request["instances"], dtype="uint8")
+    assert images.ndim == 4 and images.shape[-1] == 3
+    loaded = tf.saved_model.load(str(exported["out"] / "savedmodel" / "base" / "1"))
+    mos = loaded.signatures[request["signature_name"]](images=tf.constant(images))["mos"].numpy()
+    want = keras_scores(exported["runs"]["base"], images.astype("float32") / 255)
+    np.testing.assert_allclose(mos / 100.0, want, atol=1e-4)  # the built-in scale is 0..100
+
+
 def test_models_config_lists_every_exported_model(exported):
     text = (exported["out"] / "savedmodel" / "models.config").read_text()
     for kind in KINDS:
