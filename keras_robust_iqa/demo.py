@@ -1,133 +1,271 @@
-"""`robust-iqa demo`: what exists of the pipeline, end to end, on built-in data.
+"""`robust-iqa demo`: the whole pipeline, end to end, in one command.
 
-1. layers: a plain Conv2D + ReLU stack against a RobustBlock stack of the same
-   shape, on patches of the real photographs that scikit-image ships: the
-   worst-case amplification of a perturbation (the spectral norm of the input
-   Jacobian, by power iteration). An orthogonal stack cannot amplify: at most 1.
-2. data: build (or reuse) the built-in dataset.
-3. train the small base model, then its "replace" robust version, with
-   model.fit; a finished run folder is reused, an interrupted one resumes.
-4. summary: test SROCC / PLCC, parameters, certified Lipschitz bound and the
-   largest Jacobian norm measured on test images, per model.
+Stages, in order (each writes a folder under `out` that the next ones read):
+
+1. data: build or reuse the dataset (the built-in one by default).
+2. base: train the base model.
+3. robust: apply RobustBlocks, "insert" (fine-tuned from the base) and
+   "replace" (a 1-Lipschitz network trained from scratch).
+4. baselines: the data-driven defenses, NT and FGSM adversarial training.
+5. prune: mean-weight channel pruning of the "replace" model, then fine-tuning.
+6. evaluate: every model under the attack suite.
+7. export: the pruned robust model to SavedModel, TFLite and ONNX.
+8. report: `report.json`, `report.md` and the plots in `out`, and a summary table.
+
+A finished stage is reused on a re-run; an interrupted training resumes from its
+last finished epoch (BackupAndRestore), so Ctrl-C loses at most one epoch. The
+settings are written to `demo_settings.json`; re-running the same folder with
+other settings is refused rather than mixing results.
 """
 
+import dataclasses
 import json
 import pathlib
+import shutil
+import time
 
-import keras
-import numpy as np
-import skimage.data
-
-from keras_robust_iqa.layers import RobustBlock
-from keras_robust_iqa.layers.linalg import jacobian_spectral_norm
-
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "brick")
+# Models trained in stages 2-4: name -> TrainConfig overrides.
+ROBUST_LR = 1e-4  # the insert model starts from the trained base: fine-tune gently
+EVAL_EPS = (2 / 255, 4 / 255, 8 / 255)
 
 
-def photo_patches(size=64, per_photo=2, seed=0):
-    """Random `size x size` RGB patches in [0, 1] from scikit-image's photographs."""
-    rng = np.random.default_rng(seed)
-    patches = []
-    for name in PHOTOS:
-        img = getattr(skimage.data, name)()
-        img = np.atleast_3d(img).astype("float32") / 255.0
-        if img.shape[-1] == 1:
-            img = np.repeat(img, 3, axis=-1)
-        for _ in range(per_photo):
-            i = rng.integers(0, img.shape[0] - size)
-            j = rng.integers(0, img.shape[1] - size)
-            patches.append(img[i : i + size, j : j + size, :3])
-    return np.stack(patches)
+@dataclasses.dataclass(frozen=True)
+class DemoSettings:
+    """What the demo's figures depend on; `--quick` and the flags set these."""
+
+    dataset: str = "builtin"
+    data_dir: str | None = None
+    model: str = "small"
+    epochs: int = 8
+    robust_epochs: int = 8
+    patches_per_image: int = 8
+    prune_fraction: float = 0.3
+    finetune_epochs: int = 3
+    attacks: tuple = ("fgsm", "ifgsm", "mifgsm", "pgd_l2", "korhonen", "uap", "facpa", "square", "transfer")
+    eval_images: int = 48
+    seed: int = 0
+
+    @classmethod
+    def quick(cls, **overrides):
+        """A smoke test: one short epoch per model, few images, few attacks."""
+        return cls(**{"epochs": 1, "robust_epochs": 1, "patches_per_image": 1, "finetune_epochs": 1,
+                      "attacks": ("ifgsm", "uap", "square"), "eval_images": 8, **overrides})
 
 
-def layer_stacks(width=16, depth=4, size=64, seed=0):
-    keras.utils.set_random_seed(seed)
-    plain = keras.Sequential(
-        [keras.Input((size, size, 3))]
-        + [keras.layers.Conv2D(width, 3, padding="same", activation="relu") for _ in range(depth)],
-        name="conv_relu",
-    )
-    robust = keras.Sequential(
-        [keras.Input((size, size, 3))] + [RobustBlock(width) for _ in range(depth)],
-        name="robust_blocks",
-    )
-    return plain, robust
+def training_runs(settings):
+    """name -> TrainConfig of every model the demo trains, in order."""
+    from keras_robust_iqa.training.trainer import TrainConfig
+
+    common = dict(dataset=settings.dataset, data_dir=settings.data_dir, model=settings.model,
+                  patches_per_image=settings.patches_per_image, seed=settings.seed)
+    plain = dict(common, epochs=settings.epochs, patience=settings.epochs)
+    robust = dict(common, epochs=settings.robust_epochs, patience=settings.robust_epochs)
+    return {
+        "base": TrainConfig(**plain),
+        "insert": TrainConfig(**dict(robust, robust="insert", init_from="base", learning_rate=ROBUST_LR)),
+        "replace": TrainConfig(**dict(robust, robust="replace")),
+        "nt": TrainConfig(**dict(plain, defense="nt")),
+        "adversarial": TrainConfig(**dict(plain, defense="adversarial")),
+    }
 
 
-def run(out="runs/demo", seed=0, epochs=10):
+STAGES = ("data", "base", "robust", "baselines", "prune", "evaluate", "export", "report")
+
+
+def run(out="runs/demo", settings=None, verbose="auto"):
+    """Run every stage into `out`; returns the report dictionary."""
+    settings = settings or DemoSettings()
     out = pathlib.Path(out)
+    _claim(out, settings)
+    timings = {}
+    progress = _Progress(timings)
+
+    with progress("data", "the dataset"):
+        from keras_robust_iqa import data
+
+        table = data.load_table(settings.dataset, settings.data_dir)
+        counts = {split: int((table.splits == split).sum()) for split in ("train", "val", "test")}
+        print(f"      {len(table)} images {counts}, MOS range {table.mos_range}")
+
+    configs = training_runs(settings)
+    for stage, names in (("base", ("base",)), ("robust", ("insert", "replace")),
+                         ("baselines", ("nt", "adversarial"))):
+        with progress(stage, ", ".join(names)):
+            for name in names:
+                config = configs[name]
+                if config.init_from:
+                    config = dataclasses.replace(config, init_from=str(out / config.init_from))
+                _train(name, config, out / name, verbose)
+
+    pruned = out / "replace-pruned"
+    with progress("prune", f"{settings.prune_fraction:.0%} of the replace model's channels"):
+        if (pruned / "pruning_report.json").is_file():
+            print(f"      reused {pruned}")
+        else:
+            from keras_robust_iqa.pruning.pipeline import prune_run
+
+            prune_run(out / "replace", pruned, fraction=settings.prune_fraction,
+                      finetune_epochs=settings.finetune_epochs, verbose=verbose)
+
+    model_runs = [out / name for name in configs] + [pruned]
+    with progress("evaluate", f"{len(model_runs)} models x {len(settings.attacks)} attacks"):
+        evaluation = out / "evaluation"
+        if (evaluation / "report.json").is_file():
+            print(f"      reused {evaluation}")
+        else:
+            from keras_robust_iqa.evaluation import evaluate_runs
+
+            evaluate_runs(model_runs, evaluation, attacks=list(settings.attacks), eps=EVAL_EPS,
+                          images=settings.eval_images, transfer_source=out / "base",
+                          seed=settings.seed, verbose=0)
+
+    export = out / "export"
+    with progress("export", f"{pruned.name} to SavedModel, TFLite and ONNX"):
+        if (export / f"{pruned.name}.export.json").is_file():
+            print(f"      reused {export}")
+        else:
+            from keras_robust_iqa.deployment.export import export_run
+
+            export_run(pruned, export, "all", verbose=False)
+
+    with progress("report", f"{out / 'report.md'}"):
+        report = build_report(out, settings, model_runs, timings)
+        (out / "report.json").write_text(json.dumps(report, indent=2))
+        (out / "report.md").write_text(report_markdown(report))
+        for plot in sorted((out / "evaluation").glob("*.png")):
+            shutil.copyfile(plot, out / plot.name)
+    print()
+    print(summary_table(report))
+    return report
+
+
+def _claim(out, settings):
+    """Refuse to mix results made with other settings in one folder."""
     out.mkdir(parents=True, exist_ok=True)
-    layers_summary = check_layers(out, seed)
-    print("[2/4] data: the built-in dataset")
-    from keras_robust_iqa import data
-
-    table = data.load_table("builtin")
-    counts = {split: int((table.splits == split).sum()) for split in ("train", "val", "test")}
-    print(f"      {len(table)} images, {counts}")
-    runs = train_models(out, seed, epochs)
-    summary = summarize(runs, table)
-    (out / "summary.json").write_text(json.dumps({"layers": layers_summary, "models": summary}, indent=2))
-    print(f"wrote {out / 'summary.json'}")
-    return 0
-
-
-def train_models(out, seed, epochs):
-    from keras_robust_iqa.training.trainer import TrainConfig, train
-
-    runs = {}
-    for step, (name, robust) in enumerate((("base", None), ("replace", "replace")), start=1):
-        run = out / name
-        runs[name] = run
-        if (run / "metrics.json").is_file():
-            print(f"[3/4] train {name}: finished run reused ({run})")
-            continue
-        print(f"[3/4] train {name} ({step}/2): {epochs} epochs into {run}")
-        train(TrainConfig(robust=robust, epochs=epochs, seed=seed, patience=epochs), run)
-    return runs
+    path = out / "demo_settings.json"
+    wanted = json.loads(json.dumps(dataclasses.asdict(settings)))
+    if path.is_file():
+        found = json.loads(path.read_text())
+        if found != wanted:
+            changed = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
+            raise ValueError(
+                f"{out} holds a demo made with other settings (different: {', '.join(changed)}); "
+                f"pass another --out, or delete {out} to start over."
+            )
+    else:
+        path.write_text(json.dumps(wanted, indent=2))
 
 
-def summarize(runs, table):
-    from keras_robust_iqa import data
-    from keras_robust_iqa.models import lipschitz_bound, patch_grid
-    from keras_robust_iqa.training.trainer import load_run_model
+def _train(name, config, run, verbose):
+    from keras_robust_iqa.training.trainer import train
 
-    print("[4/4] summary on the test split")
-    test = table.subset("test")
-    images = np.stack(data.load_images(test, np.arange(8)))
-    summary = {}
-    for name, run in runs.items():
+    if (run / "metrics.json").is_file():
+        print(f"      {name}: reused {run}")
+        return
+    what = f"{config.model}" + (f", {config.robust}" if config.robust else "") + (
+        f", {config.defense} defense" if config.defense else "")
+    resumed = " (resuming)" if (run / "backup").is_dir() else ""
+    print(f"      {name}: {what}, {config.epochs} epochs{resumed} -> {run}")
+    train(config, run, verbose=verbose)
+
+
+class _Progress:
+    """`with progress(stage, what):` prints `[k/8] stage: what` and times the stage."""
+
+    def __init__(self, timings):
+        self.timings = timings
+
+    def __call__(self, stage, what):
+        progress = self
+
+        class _Stage:
+            def __enter__(self):
+                print(f"[{STAGES.index(stage) + 1}/{len(STAGES)}] {stage}: {what}", flush=True)
+                self.start = time.perf_counter()
+
+            def __exit__(self, *exc):
+                progress.timings[stage] = round(time.perf_counter() - self.start, 1)
+
+        return _Stage()
+
+
+def build_report(out, settings, model_runs, timings):
+    """Everything the stages measured, gathered from their folders."""
+    evaluation = json.loads((out / "evaluation" / "report.json").read_text())
+    models = {}
+    for run in model_runs:
         metrics = json.loads((run / "metrics.json").read_text())
-        model = load_run_model(run)
-        patches = np.asarray(patch_grid(images, model.inputs[0].shape[1])).reshape(-1, *model.inputs[0].shape[1:])
-        jac = np.asarray(jacobian_spectral_norm(lambda t: model(t, training=False), patches[:16], iterations=10))
-        try:
-            bound = lipschitz_bound(model)
-        except ValueError:
-            bound = None
-        summary[name] = dict(metrics["test"], params=metrics["params"], lipschitz_bound=bound,
-                             jacobian_norm_max=float(jac.max()))
-    print(f"{'model':10s} {'params':>8s} {'SROCC':>7s} {'PLCC':>7s} {'bound':>8s} {'max ||J||':>10s}")
-    for name, r in summary.items():
-        bound = "-" if r["lipschitz_bound"] is None else f"{r['lipschitz_bound']:.3f}"
-        print(f"{name:10s} {r['params']:8d} {r['srocc']:7.3f} {r['plcc']:7.3f} {bound:>8s} {r['jacobian_norm_max']:10.3f}")
-    return summary
-
-
-def check_layers(out, seed):
-    x = photo_patches(seed=seed)
-    print(f"[1/4] layers: {len(x)} patches of {x.shape[1]}x{x.shape[2]} from {len(PHOTOS)} photographs")
-    results = {}
-    for model in layer_stacks(seed=seed):
-        lipschitz = np.asarray(jacobian_spectral_norm(lambda t: model(t, training=False), x))
-        y = np.asarray(model(x, training=False))
-        ratio = np.linalg.norm(y.reshape(len(x), -1), axis=1) / np.linalg.norm(x.reshape(len(x), -1), axis=1)
-        results[model.name] = {
-            "jacobian_norm_max": float(lipschitz.max()),
-            "jacobian_norm_mean": float(lipschitz.mean()),
-            "output_input_norm_ratio_mean": float(ratio.mean()),
-            "params": int(model.count_params()),
+        config = json.loads((run / "config.json").read_text())
+        attacked = evaluation["models"].get(run.name, {})
+        models[run.name] = {
+            "run": str(run),
+            "robust": config.get("robust"),
+            "defense": config.get("defense"),
+            "params": metrics["params"],
+            "test": metrics["test"],
+            "lipschitz_bound": metrics.get("lipschitz_bound"),
+            "train_seconds": metrics.get("train_seconds"),
+            "attacks": attacked.get("attacks", {}),
         }
-    print(f"{'stack':16s} {'params':>8s} {'max ||J||':>10s} {'mean ||J||':>11s}")
-    for name, r in results.items():
-        print(f"{name:16s} {r['params']:8d} {r['jacobian_norm_max']:10.3f} {r['jacobian_norm_mean']:11.3f}")
-    return results
+    pruning = json.loads((out / "replace-pruned" / "pruning_report.json").read_text())
+    export = json.loads((out / "export" / "replace-pruned.export.json").read_text())
+    return {
+        "settings": dataclasses.asdict(settings),
+        "stage_seconds": timings,
+        "models": models,
+        "pruning": {key: pruning[key] for key in ("prunable_channels", "pruned_channels", "pruned_fraction",
+                                                  "stages")},
+        "export": export["files"],
+    }
+
+
+def _attack_row(attacks, name, eps):
+    for key, entry in attacks.items():
+        if key.split("@")[0] == name and abs(entry.get("eps", -1) - eps) < 1e-9:
+            return entry
+    return None
+
+
+def summary_table(report, attack="ifgsm", eps=4 / 255):
+    """One line per model: accuracy, certificate and what `attack` at `eps` achieved."""
+    lines = [
+        f"| model | params | test SROCC | test PLCC | Lipschitz bound | {attack} {round(eps * 255)}/255 abs gain "
+        f"| certified bound |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, m in report["models"].items():
+        row = _attack_row(m["attacks"], attack, eps) or {}
+        lines.append(
+            f"| {name} | {m['params']:,} | {m['test']['srocc']:.3f} | {m['test']['plcc']:.3f} "
+            f"| {_fmt(m['lipschitz_bound'])} | {_fmt(row.get('abs_gain'))} | {_fmt(row.get('certified_bound'))} |"
+        )
+    return "\n".join(lines)
+
+
+def _fmt(value):
+    return "-" if value is None else f"{value:.4g}"
+
+
+def report_markdown(report):
+    from keras_robust_iqa.evaluation.report import markdown_table
+
+    evaluation = {"models": {name: {"attacks": m["attacks"], "clean": m["test"], "params": m["params"],
+                                    "lipschitz_bound": m["lipschitz_bound"]}
+                             for name, m in report["models"].items()}}
+    seconds = ", ".join(f"{stage} {s:.0f} s" for stage, s in report["stage_seconds"].items())
+    return "\n".join([
+        "# robust-iqa demo report",
+        "",
+        f"Settings: `{json.dumps(report['settings'])}`",
+        "",
+        f"Stage times: {seconds}.",
+        "",
+        "## Summary (scores on the [0, 1] MOS scale)",
+        "",
+        summary_table(report),
+        "",
+        markdown_table(evaluation).replace("# Adversarial robustness report", "## Every attack"),
+        "",
+        "Plots: `gain_vs_eps.png`, `clean_vs_attacked.png`.",
+        "",
+    ])

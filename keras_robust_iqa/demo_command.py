@@ -1,21 +1,50 @@
-"""`robust-iqa demo`: the whole pipeline end to end on the built-in data."""
+"""`robust-iqa demo`: the whole pipeline end to end, on the built-in data by default."""
 
 
 def add_parser(subparsers):
+    from keras_robust_iqa.demo import DemoSettings
+
+    d = DemoSettings()
     p = subparsers.add_parser(
         "demo",
-        help="run the whole pipeline end to end on the built-in data",
-        description="Run every stage that exists end to end on data that ships with the "
-        "package, and print what it measured.",
+        help="run the whole pipeline end to end (train, robustify, defend, prune, attack, export, report)",
+        description="Train the base model, its RobustBlock versions (insert, replace) and the NT and "
+        "adversarial-training baselines, prune and fine-tune the robust model, attack every model, "
+        "export the pruned robust model, and write report.json, report.md and plots into --out. "
+        "Finished stages are reused on a re-run and an interrupted training resumes.",
     )
-    p.add_argument("--out", default="runs/demo", help="folder for the demo's outputs (default: runs/demo)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--epochs", type=int, default=10, help="training epochs of each model (default: 10)")
-    p.add_argument("--quick", action="store_true", help="a smoke test: 1 epoch per model")
+    p.add_argument("--out", default="runs/demo", help="folder for every stage's outputs (default: runs/demo)")
+    p.add_argument("--dataset", default=d.dataset,
+                   choices=("builtin", "koniq10k", "kadid10k", "livec", "tid2013", "spaq", "csv"),
+                   help="dataset (default: builtin, made from scikit-image's photographs; no download)")
+    p.add_argument("--data-dir", help="dataset folder, for the public datasets")
+    p.add_argument("--model", default=d.model, choices=("small", "resnet50", "mobilenetv3", "efficientnetv2b0"),
+                   help=f"base model (default: {d.model}); the backbones want a GPU")
+    p.add_argument("--epochs", type=int, help=f"epochs of the base model and the baselines (default: {d.epochs})")
+    p.add_argument("--robust-epochs", type=int,
+                   help=f"epochs of the insert and replace models (default: {d.robust_epochs})")
+    p.add_argument("--patches-per-image", type=int,
+                   help=f"random training patches per image and epoch (default: {d.patches_per_image})")
+    p.add_argument("--finetune-epochs", type=int,
+                   help=f"fine-tuning epochs after pruning (default: {d.finetune_epochs})")
+    p.add_argument("--eval-images", type=int, help=f"test images attacked per model (default: {d.eval_images})")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default: {d.seed})")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke test: one short epoch per model, 8 images, 3 attacks (the other flags still apply)")
     p.set_defaults(func=run)
 
 
 def run(args):
     from keras_robust_iqa import demo
 
-    return demo.run(out=args.out, seed=args.seed, epochs=1 if args.quick else args.epochs)
+    given = {"epochs": args.epochs, "robust_epochs": args.robust_epochs,
+             "patches_per_image": args.patches_per_image, "finetune_epochs": args.finetune_epochs,
+             "eval_images": args.eval_images}
+    for name, value in given.items():
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}.")
+    overrides = {k: v for k, v in given.items() if v is not None}
+    overrides |= {"dataset": args.dataset, "data_dir": args.data_dir, "model": args.model, "seed": args.seed}
+    settings = demo.DemoSettings.quick(**overrides) if args.quick else demo.DemoSettings(**overrides)
+    demo.run(args.out, settings)
+    return 0
