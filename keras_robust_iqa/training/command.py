@@ -4,7 +4,7 @@ import argparse
 
 
 def add_parser(subparsers):
-    from keras_robust_iqa.training.trainer import DEFENSES, LOSSES, ROBUST_MODES, STRATEGIES, TrainConfig
+    from keras_robust_iqa.training.trainer import DEFENSES, LOSSES, LR_SCHEDULES, ROBUST_MODES, STRATEGIES, TrainConfig
 
     d = TrainConfig()
     p = subparsers.add_parser(
@@ -34,6 +34,9 @@ def add_parser(subparsers):
     p.add_argument("--patches-per-image", type=int, default=d.patches_per_image,
                    help=f"random patches per training image and epoch (default: {d.patches_per_image})")
     p.add_argument("--learning-rate", type=float, default=d.learning_rate, help=f"Adam learning rate (default: {d.learning_rate})")
+    p.add_argument("--lr-schedule", default=d.lr_schedule, choices=LR_SCHEDULES,
+                   help=f"learning-rate schedule: cosine decays it to 5%% over all epochs, constant keeps it "
+                   f"(default: {d.lr_schedule})")
     p.add_argument("--loss", default=d.loss, choices=tuple(LOSSES), help=f"training loss (default: {d.loss})")
     p.add_argument("--patience", type=int, default=d.patience,
                    help=f"early stopping: epochs without a better validation SROCC (default: {d.patience})")
@@ -76,6 +79,7 @@ def run(args):
         weights=args.weights, init_from=args.init_from, epochs=args.epochs,
         batch_size=args.batch_size, patch_size=args.patch_size,
         patches_per_image=args.patches_per_image, learning_rate=args.learning_rate,
+        lr_schedule=args.lr_schedule,
         loss=args.loss, patience=args.patience, seed=args.seed, strategy=args.strategy,
         defense=args.defense, defense_eps=args.defense_eps, nt_lambda=args.nt_lambda, nt_h=args.nt_h,
     )

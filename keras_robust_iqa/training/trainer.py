@@ -36,6 +36,7 @@ LOSSES = {
 }
 ROBUST_MODES = ("insert", "replace")
 STRATEGIES = ("auto", "none", "mirrored", "multiworker")
+LR_SCHEDULES = ("cosine", "constant")
 
 
 @dataclasses.dataclass
@@ -53,6 +54,9 @@ class TrainConfig:
     patch_size: int = 64
     patches_per_image: int = 4
     learning_rate: float = 1e-3
+    # cosine: decay to 5 % of learning_rate over all epochs; the last epochs, at a small
+    # rate, settle the weights (and BatchNorm statistics) that the checkpoint keeps.
+    lr_schedule: str = "cosine"
     loss: str = "mse"
     patience: int = 8
     seed: int = 0
@@ -68,6 +72,8 @@ class TrainConfig:
             raise ValueError(f"--model must be one of {iqa_models.MODEL_NAMES}, got {self.model!r}.")
         if self.robust not in (None, *ROBUST_MODES):
             raise ValueError(f"--robust must be one of {ROBUST_MODES}, got {self.robust!r}.")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"--lr-schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}.")
         if self.loss not in LOSSES:
             raise ValueError(f"--loss must be one of {tuple(LOSSES)}, got {self.loss!r}.")
         if self.strategy not in STRATEGIES:
@@ -130,9 +136,17 @@ def build(config):
     return model
 
 
-def compile_model(model, config):
+def compile_model(model, config, steps_per_epoch=None):
+    """Compile with Adam, the config's loss and the SROCC/PLCC metrics.
+
+    `steps_per_epoch`: needed by the cosine schedule (without it, a constant rate).
+    """
+    learning_rate = config.learning_rate
+    if config.lr_schedule == "cosine" and steps_per_epoch:
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            config.learning_rate, decay_steps=config.epochs * steps_per_epoch, alpha=0.05)
     model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
+        optimizer=keras.optimizers.Adam(learning_rate),
         loss=LOSSES[config.loss](),
         metrics=[SROCC(), PLCC()],
     )
@@ -184,7 +198,9 @@ def train(config, out, *, verbose="auto", callbacks=()):
     with strategy.scope():
         model = defend(build(config), config.defense, eps=config.defense_eps,
                        nt_lambda=config.nt_lambda, nt_h=config.nt_h)
-        model = compile_model(model, config)
+        steps_per_epoch = math.ceil(
+            int((table.splits == "train").sum()) * config.patches_per_image / config.batch_size)
+        model = compile_model(model, config, steps_per_epoch)
 
     resolved = dataclasses.asdict(config) | {
         "mos_range": list(table.mos_range),

@@ -32,7 +32,7 @@ from keras_robust_iqa import data as iqa_data
 from keras_robust_iqa import layers as robust_layers
 from keras_robust_iqa.data.builtin import builtin_folder
 from keras_robust_iqa.models import lipschitz_bound
-from keras_robust_iqa.training.trainer import TrainConfig, build, load_run_model, train
+from keras_robust_iqa.training.trainer import TrainConfig, build, compile_model, load_run_model, train
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SIZE = 64  # side of the built-in images in these tests
@@ -242,6 +242,19 @@ def test_resume_after_interruption_loses_no_epoch(small_builtin, tmp_path):
 # ----------------------------------------------------------------------------
 
 
+def test_cosine_schedule_decays_over_all_epochs_and_constant_does_not():
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    config = TrainConfig(epochs=3, learning_rate=1e-2)
+    optimizer = compile_model(model, config, steps_per_epoch=10).optimizer
+    schedule = optimizer._learning_rate
+    assert float(schedule(0)) == pytest.approx(1e-2)
+    assert float(schedule(15)) == pytest.approx(1e-2 * (0.05 + 0.95 * 0.5), rel=1e-5)  # halfway
+    assert float(schedule(30)) == pytest.approx(1e-2 * 0.05, rel=1e-5)
+    constant = compile_model(model, dataclasses.replace(config, lr_schedule="constant"), 10).optimizer
+    assert float(constant.learning_rate) == pytest.approx(1e-2)
+    assert float(compile_model(model, config).optimizer.learning_rate) == pytest.approx(1e-2)  # no steps known
+
+
 @pytest.mark.parametrize(
     "option, value, flag",
     [
@@ -252,6 +265,7 @@ def test_resume_after_interruption_loses_no_epoch(small_builtin, tmp_path):
         ("model", "vgg16", "--model"),
         ("robust", "partly", "--robust"),
         ("loss", "huber", "--loss"),
+        ("lr_schedule", "step", "--lr-schedule"),
         ("strategy", "tpu", "--strategy"),
         ("learning_rate", -1e-3, "--learning-rate"),
         ("learning_rate", 0.0, "--learning-rate"),
