@@ -1,0 +1,59 @@
+"""`robust-iqa evaluate`: attack trained models and report robustness scores."""
+
+import argparse
+
+DEFAULT_EPS = "2/255,4/255,8/255"
+
+
+def add_parser(subparsers):
+    from keras_robust_iqa.training.command import fraction
+
+    p = subparsers.add_parser(
+        "evaluate",
+        help="attack the models of run folders and report gains, robustness scores and certified bounds",
+        description="Score the test split of each run's dataset, clean and under each attack at each "
+        "budget. Writes report.json, report.md, gain_vs_eps.png and clean_vs_attacked.png into --out.",
+    )
+    p.add_argument("--run", action="append", required=True, metavar="RUN",
+                   help="a run folder from `robust-iqa train` (model.keras, config.json); repeat to compare models")
+    p.add_argument("--attacks", type=_names,
+                   help="comma-separated attacks: fgsm, ifgsm, mifgsm, amifgsm, pgd_l2, korhonen, uap, "
+                   "cumulative_uap, generative_uap, facpa, square, transfer (default: all; transfer only "
+                   "with two runs or more, or --transfer-source)")
+    p.add_argument("--eps", type=lambda text: _budgets(text, fraction), default=_budgets(DEFAULT_EPS, fraction),
+                   help=f"comma-separated L-inf budgets in [0, 1] pixel units, fractions such as 4/255 "
+                   f"accepted (default: {DEFAULT_EPS})")
+    p.add_argument("--l2-eps", type=lambda text: _budgets(text, fraction), default=[1.0],
+                   help="comma-separated L2 radii of the whole-image perturbation for pgd_l2 (default: 1.0)")
+    p.add_argument("--images", type=int,
+                   help="attack only the first N test images (default: the whole test split)")
+    p.add_argument("--train-images", type=int, default=64,
+                   help="training-split images the UAP variants and FACPA learn on (default: 64)")
+    p.add_argument("--transfer-source", metavar="RUN",
+                   help="run folder whose model crafts the transfer attack's perturbations "
+                   "(default: the first other --run)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per attack batch (default: 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random attacks (default: 0)")
+    p.add_argument("--out", required=True, help="folder to write the report into")
+    p.set_defaults(func=run)
+
+
+def _names(text):
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _budgets(text, fraction):
+    values = [fraction(item) for item in _names(text)]
+    if not values or any(not 0 < value <= 1 for value in values):
+        raise argparse.ArgumentTypeError(f"budgets must be numbers in (0, 1], got {text!r}")
+    return values
+
+
+def run(args):
+    from keras_robust_iqa.evaluation.runs import evaluate_runs
+
+    evaluate_runs(
+        args.run, args.out, attacks=args.attacks, eps=args.eps, l2_eps=args.l2_eps, images=args.images,
+        train_images=args.train_images, transfer_source=args.transfer_source, batch_size=args.batch_size,
+        seed=args.seed,
+    )

@@ -1,0 +1,122 @@
+"""Attack one model with a suite of attacks and score what they did."""
+
+import time
+
+import numpy as np
+
+from keras_robust_iqa import attacks as iqa_attacks
+from keras_robust_iqa.evaluation.certified import certified_bounds_or_none
+from keras_robust_iqa.evaluation.scores import minmax_scale, robustness_scores
+from keras_robust_iqa.models.lipschitz import lipschitz_bound
+from keras_robust_iqa.models.patches import score_images
+from keras_robust_iqa.training.correlation import correlations
+
+# Attacks learned on training images once per model, then applied at every budget.
+LEARNED = {"uap": "plain", "cumulative_uap": "cumulative", "generative_uap": "generative", "facpa": None}
+# Slack for float32 rounding when checking a measured gain against its certified bound.
+BOUND_TOLERANCE = 1e-5
+
+
+def eps_label(eps, norm="linf"):
+    """`4/255` for L-inf budgets on the 8-bit grid, else the number."""
+    levels = eps * 255
+    if norm == "linf" and abs(levels - round(levels)) < 1e-6:
+        return f"{round(levels)}/255"
+    return f"{eps:g}"
+
+
+def attack_key(name, eps, norm="linf"):
+    return f"{name}@{eps_label(eps, norm)}"
+
+
+def evaluate_model(model, images, mos, *, attacks=tuple(iqa_attacks.ATTACKS), eps=(4 / 255,), l2_eps=(1.0,),
+                   train_images=None, transfer_source=None, batch_size=8, seed=0, verbose=1):
+    """Clean accuracy, then every attack at every budget, scored.
+
+    Args:
+        model: the Keras model under attack (patch-scoring).
+        images: test images in [0, 1] (a list of arrays of any size, or an array).
+        mos: their MOS, normalised to [0, 1].
+        attacks: names from `keras_robust_iqa.attacks.ATTACKS`.
+        eps: L-inf budgets for every attack but `pgd_l2`.
+        l2_eps: L2 radii for `pgd_l2` (whole image).
+        train_images: images the UAP variants and FACPA learn on (a training split).
+        transfer_source: the model `transfer` crafts its perturbations on.
+
+    Returns:
+        `(entry, details)`: the model's `report.json` entry and, per attack key,
+        the MinMax-scaled `(clean, attacked)` scores for the plots.
+    """
+    unknown = [name for name in attacks if name not in iqa_attacks.ATTACKS]
+    if unknown:
+        raise ValueError(f"Unknown attack(s) {unknown}; choose from {sorted(iqa_attacks.ATTACKS)}.")
+    if any(name in LEARNED for name in attacks) and train_images is None:
+        raise ValueError("The UAP and FACPA attacks need `train_images` to learn on.")
+    if "transfer" in attacks and transfer_source is None:
+        raise ValueError("The transfer attack needs a `transfer_source` model.")
+    images = images if isinstance(images, np.ndarray) else list(images)
+    shapes = [np.shape(image) for image in images]
+    clean = score_images(model, images)
+    entry = {
+        "clean": correlations(clean, mos),
+        "params": int(model.count_params()),
+        "lipschitz_bound": _bound_or_none(model),
+        "images": len(images),
+        "attacks": {},
+    }
+    details = {}
+    options = {"batch_size": batch_size, "verbose": verbose}
+    for name in attacks:
+        attack = iqa_attacks.ATTACKS[name]
+        norm = "l2" if name in iqa_attacks.L2_ATTACKS else "linf"
+        settings = dict(options)
+        if name == "transfer":
+            settings["source"] = transfer_source
+        elif name in LEARNED:
+            settings["perturbation" if LEARNED[name] else "generator"] = _learn(
+                name, model, train_images, max(eps), seed, verbose)
+        for budget in sorted(l2_eps if norm == "l2" else eps):
+            if verbose:
+                print(f"{model.name}: {name} at eps {eps_label(budget, norm)}")
+            start = time.perf_counter()
+            adversarial = attack(model, images, budget, **settings)
+            seconds = time.perf_counter() - start
+            attacked = score_images(model, adversarial)
+            result = {"attack": name, "norm": norm, "eps": float(budget)}
+            result |= robustness_scores(clean, attacked)
+            result["abs_gain_raw"] = float(np.mean(attacked - clean))  # in the model's output units
+            result |= correlations(attacked, mos)
+            result |= _certified(model, shapes, budget, norm, clean, attacked)
+            result["seconds"] = round(seconds, 2)
+            key = attack_key(name, budget, norm)
+            entry["attacks"][key] = result
+            details[key] = minmax_scale(clean, attacked)
+    return entry, details
+
+
+def _learn(name, model, train_images, eps, seed, verbose):
+    """The UAP's perturbation or FACPA's generator, learned once for all budgets."""
+    if name == "facpa":
+        return iqa_attacks.train_facpa(model, train_images, eps, seed=seed, verbose=verbose)
+    return iqa_attacks.train_uap(model, train_images, variant=LEARNED[name], seed=seed, verbose=verbose)
+
+
+def _certified(model, shapes, eps, norm, clean, attacked):
+    """The certified bound, in the MinMax-scaled units of `abs_gain`, and whether the attack kept within it."""
+    bounds = certified_bounds_or_none(model, shapes, eps, norm)
+    if bounds is None:
+        return {"certified_bound": None, "within_certified_bound": None}
+    gains = np.asarray(attacked) - np.asarray(clean)
+    spread = float(np.ptp(clean))
+    return {
+        "certified_bound": float(np.mean(bounds) / spread),
+        "max_gain_over_bound": float(np.max(np.abs(gains) / bounds)),
+        "within_certified_bound": bool(np.all(np.abs(gains) <= bounds * (1 + BOUND_TOLERANCE) + BOUND_TOLERANCE)),
+    }
+
+
+def _bound_or_none(model):
+    try:
+        return lipschitz_bound(model)
+    except ValueError:
+        return None

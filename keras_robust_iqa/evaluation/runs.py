@@ -1,0 +1,106 @@
+"""Evaluate the models of run folders on their dataset's test split and write the report."""
+
+import json
+import pathlib
+
+import numpy as np
+
+from keras_robust_iqa import attacks as iqa_attacks
+from keras_robust_iqa import data as iqa_data
+from keras_robust_iqa.evaluation.evaluate import LEARNED, evaluate_model
+from keras_robust_iqa.evaluation.report import markdown_table, write_report
+from keras_robust_iqa.training.trainer import load_run_model
+
+
+def read_run_config(run):
+    """The `config.json` of a run folder."""
+    path = pathlib.Path(run) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"Run folder {run} holds no config.json (is it a `robust-iqa train` run?).")
+    config = json.loads(path.read_text())
+    missing = [key for key in ("dataset", "patch_size") if key not in config]
+    if missing:
+        raise ValueError(f"{path} lacks {missing}.")
+    return config
+
+
+def _positive(value, name):
+    if value is not None and (not isinstance(value, int) or value < 1):
+        raise ValueError(f"Argument `{name}` must be a positive integer, got {value!r}.")
+
+
+def evaluate_runs(runs, out, *, attacks=None, eps=(4 / 255,), l2_eps=(1.0,), images=None, train_images=64,
+                  transfer_source=None, batch_size=8, seed=0, verbose=1):
+    """Attack each run's model on its test split; write `report.json`, `report.md` and plots into `out`.
+
+    Args:
+        runs: run folders (`model.keras` and `config.json`).
+        attacks: attack names (default: all; `transfer` only when there is a
+            source: two runs or more, or `transfer_source`).
+        images: attack the first `images` test images only (default: all).
+        train_images: how many training-split images the UAPs and FACPA learn on.
+        transfer_source: the run whose model crafts transferred perturbations;
+            default, for each model, the first other run.
+        Others as in `evaluate_model`.
+
+    Returns:
+        The report dictionary.
+    """
+    runs = [str(run) for run in runs]
+    if not runs:
+        raise ValueError("Give at least one run folder.")
+    _positive(images, "images")
+    _positive(train_images, "train_images")
+    _positive(batch_size, "batch_size")
+    has_source = transfer_source is not None or len(runs) > 1
+    if attacks is None:
+        attacks = [name for name in iqa_attacks.ATTACKS if name != "transfer" or has_source]
+    unknown = [name for name in attacks if name not in iqa_attacks.ATTACKS]
+    if unknown:
+        raise ValueError(f"Unknown attack(s) {unknown}; choose from {sorted(iqa_attacks.ATTACKS)}.")
+    if "transfer" in attacks and not has_source:
+        raise ValueError("The transfer attack needs a second --run or --transfer-source.")
+    configs = {run: read_run_config(run) for run in runs}
+    models = {run: load_run_model(run) for run in runs}
+    source_model = load_run_model(transfer_source) if transfer_source is not None else None
+    names = _names(runs)
+
+    report, details, splits = {"models": {}}, {}, {}
+    for run in runs:
+        config = configs[run]
+        key = (config["dataset"], config.get("data_dir"), int(config["patch_size"]))
+        if key not in splits:
+            splits[key] = _load_split(*key, images, train_images if set(attacks) & set(LEARNED) else None)
+        test_images, mos, train = splits[key]
+        source = source_model or next((models[other] for other in runs if other != run), None)
+        entry, details[names[run]] = evaluate_model(
+            models[run], test_images, mos, attacks=attacks, eps=eps, l2_eps=l2_eps, train_images=train,
+            transfer_source=source, batch_size=batch_size, seed=seed, verbose=verbose,
+        )
+        report["models"][names[run]] = {"run": run, **entry}
+    write_report(report, out, details)
+    if verbose:
+        print(markdown_table(report))
+    return report
+
+
+def _names(runs):
+    """Each run's folder name, or its whole path where two folders share a name."""
+    base = [pathlib.Path(run).name for run in runs]
+    return {run: name if base.count(name) == 1 else run for run, name in zip(runs, base)}
+
+
+def _load_split(dataset, data_dir, patch_size, images, train_images):
+    """Test images and their normalised MOS, and training images when asked for."""
+    table = iqa_data.load_table(dataset, data_dir, min_size=patch_size)
+    test = table.subset("test")
+    count = len(test) if images is None else min(images, len(test))
+    if count == 0:
+        raise ValueError(f"Dataset {dataset!r} has no test images.")
+    test_images = iqa_data.load_images(test, np.arange(count))
+    mos = test.normalize(test.mos)[:count]
+    train = None
+    if train_images is not None:
+        split = table.subset("train")
+        train = iqa_data.load_images(split, np.arange(min(train_images, len(split))))
+    return test_images, mos, train

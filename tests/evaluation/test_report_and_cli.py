@@ -1,0 +1,78 @@
+"""`evaluate_model`, the report files, and `robust-iqa evaluate` end to end and on bad input."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from keras_robust_iqa import cli, evaluation
+from keras_robust_iqa.models import build_model, robustify
+
+ATTACK_FIELDS = {"eps", "abs_gain", "rel_gain", "robustness_score", "srocc", "plcc", "certified_bound"}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two run folders (untrained base and replace models, patch 32) on the built-in dataset."""
+    keras.utils.set_random_seed(0)
+    root = tmp_path_factory.mktemp("runs")
+    base = build_model("small", patch_size=32)
+    folders = []
+    for name, model in (("base", base), ("replace", robustify(base, mode="replace"))):
+        folder = root / name
+        folder.mkdir()
+        model.save(folder / "model.keras")
+        (folder / "config.json").write_text(json.dumps({"dataset": "builtin", "data_dir": None, "patch_size": 32}))
+        folders.append(str(folder))
+    return folders
+
+
+def test_evaluate_command_writes_the_report(runs, tmp_path, capsys):
+    out = tmp_path / "report"
+    code = cli.main(["evaluate", "--run", runs[0], "--run", runs[1], "--attacks", "fgsm,transfer",
+                     "--eps", "2/255,4/255", "--images", "3", "--out", str(out)])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert set(report) == {"models"} and set(report["models"]) == {"base", "replace"}
+    for name, entry in report["models"].items():
+        assert set(entry["clean"]) == {"srocc", "plcc", "krcc"}
+        assert entry["params"] > 0
+        assert set(entry["attacks"]) == {"fgsm@2/255", "fgsm@4/255", "transfer@2/255", "transfer@4/255"}
+        for result in entry["attacks"].values():
+            assert ATTACK_FIELDS <= set(result)
+            assert result["robustness_score_ci95"][0] <= result["robustness_score"] <= result["robustness_score_ci95"][1]
+    base, replace = report["models"]["base"], report["models"]["replace"]
+    assert base["lipschitz_bound"] is None and base["attacks"]["fgsm@4/255"]["certified_bound"] is None
+    assert replace["lipschitz_bound"] > 0
+    for result in replace["attacks"].values():
+        assert result["within_certified_bound"] is True
+        assert result["abs_gain"] <= result["certified_bound"] * (1 + 1e-5)
+    # Twice the budget, twice the certified bound.
+    assert replace["attacks"]["fgsm@4/255"]["certified_bound"] == pytest.approx(
+        2 * replace["attacks"]["fgsm@2/255"]["certified_bound"])
+    table = (out / "report.md").read_text()
+    assert "| replace | fgsm | 4/255 |" in table and "| base | clean |" in table
+    for png in ("gain_vs_eps.png", "clean_vs_attacked.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--run", "missing-run-folder"], "missing-run-folder"),
+        (["--attacks", "nope"], "nope"),
+        (["--attacks", "transfer"], "transfer"),
+        (["--images", "0"], "images"),
+    ],
+)
+def test_evaluate_command_names_bad_input(runs, tmp_path, capsys, argv, message):
+    argv = argv if argv[0] == "--run" else ["--run", runs[0], *argv]
+    assert cli.main(["evaluate", *argv, "--out", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_evaluate_command_rejects_a_bad_budget(runs, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "--run", runs[0], "--eps", "0", "--out", str(tmp_path)])
+    assert "budgets must be numbers in (0, 1]" in capsys.readouterr().err
