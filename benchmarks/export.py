@@ -108,11 +108,13 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
         for kind, run in make_runs(args, tmp).items():
-            export_run(run, tmp / "out", "all", name=kind, verbose=False)
+            report = export_run(run, tmp / "out", "all", name=kind, verbose=False)
             fns = predictors(run, tmp / "out", kind, args.threads)
             scores = {k: float(fn(image)[0]) for k, fn in fns.items()}
             results[kind] = {"ms_per_image": {k: 1e3 * v for k, v in time_all(fns, image, args.repeats).items()},
-                             "mos": scores}
+                             "mos": scores,
+                             "bytes": {"keras": (run / "model.keras").stat().st_size}
+                             | {k: v["bytes"] for k, v in report["files"].items()}}
     patches = (args.image_size // args.patch_size) ** 2
     print(f"\nLatency per {args.image_size}x{args.image_size} image ({patches} patches of {args.patch_size}), "
           f"ms, batch 1, {os.cpu_count()} CPU cores\n")
@@ -121,6 +123,12 @@ def main():
     for kind, r in results.items():
         ms = r["ms_per_image"]
         print(f"| {kind} | " + " | ".join(f"{ms[k]:.1f} ({ms[k] / ms['keras']:.2f}x)" for k in FORMATS) + " |")
+    print("\nFile sizes, MB (.keras: the run's model file)\n")
+    files = ("keras", "savedmodel", "tflite", "tflite_int8", "onnx")
+    print("| model | " + " | ".join(files) + " |")
+    print("|---|" + "---|" * len(files))
+    for kind, r in results.items():
+        print(f"| {kind} | " + " | ".join(f"{r['bytes'][k] / 1e6:.2f}" for k in files) + " |")
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
 
