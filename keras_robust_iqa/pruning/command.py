@@ -23,9 +23,9 @@ def add_parser(subparsers):
     p.add_argument("--prune-epochs", type=int, default=1,
                    help="epochs of training with channel masks while the fraction (or tau) ramps up "
                    "(tfmot PolynomialDecay); 0 prunes at once (default: 1)")
-    p.add_argument("--finetune-epochs", type=int, default=5,
-                   help="epochs of fine-tuning after the channels are removed; the best epoch by "
-                   "validation SROCC is kept (default: 5)")
+    p.add_argument("--finetune-epochs", type=int, default=15,
+                   help="most epochs of fine-tuning after the channels are removed (early stopping with "
+                   "the run's patience); the best epoch by validation SROCC is kept (default: 15, the paper's)")
     p.add_argument("--learning-rate", type=float,
                    help="Adam learning rate for the masked epochs and fine-tuning (default: the run's)")
     p.add_argument("--out", required=True, help="run folder to write, e.g. runs/NAME-pruned")

@@ -76,7 +76,7 @@ def _check_epochs(name, value):
         raise ValueError(f"--{name} must be an integer >= 0, got {value!r}.")
 
 
-def prune_run(run, out, *, fraction=None, tau=None, prune_epochs=1, finetune_epochs=5,
+def prune_run(run, out, *, fraction=None, tau=None, prune_epochs=1, finetune_epochs=15,
               learning_rate=None, verbose="auto"):
     """Prune the model of run folder `run`, fine-tune it, and write run folder `out`.
 
