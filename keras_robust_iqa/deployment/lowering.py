@@ -42,7 +42,8 @@ def deployment_model(model, *, atol=1e-5, probe_size=4, seed=0):
         raise RuntimeError(f"Layers left unlowered in the deployment model: {leftovers}.")
     patch = model_patch_size(model)
     probe = tf.random.stateless_uniform((probe_size, patch, patch, model.inputs[0].shape[-1]), seed=(seed, 1))
-    gap = float(np.max(np.abs(np.asarray(model(probe, training=False)) - np.asarray(deploy(probe)))))
+    to_numpy = keras.ops.convert_to_numpy
+    gap = float(np.max(np.abs(to_numpy(model(probe, training=False)) - to_numpy(deploy(probe)))))
     if not gap <= atol:
         raise RuntimeError(
             f"Lowering {model.name} changed its outputs by {gap:.3g} (> atol={atol:g})."

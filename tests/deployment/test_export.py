@@ -108,12 +108,12 @@ def test_lowered_conv_is_the_same_operator(size, cin, cout, kernel, strides, pad
     # matrix matches, bias included, and on a photograph-like smooth input.
     n = size[0] * size[1] * cin
     impulses = np.eye(n, dtype="float32").reshape(n, *size, cin)
-    want = np.asarray(layer(impulses, training=False))
-    got = np.asarray(lowered(impulses))
+    want = keras.ops.convert_to_numpy(layer(impulses, training=False))
+    got = keras.ops.convert_to_numpy(lowered(impulses))
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, atol=2e-6)
     # The lowered operator keeps the layer's contraction: singular values <= 1.
-    linear = (got - np.asarray(layer.bias)).reshape(n, -1)
+    linear = (got - keras.ops.convert_to_numpy(layer.bias)).reshape(n, -1)
     assert np.linalg.svd(linear, compute_uv=False).max() <= 1 + 1e-4
     assert all(v.dtype == "float32" and not v.trainable for v in lowered.weights)
 
@@ -128,7 +128,22 @@ def test_deployment_model_is_plain_and_frozen(builtin):
     assert LoweredOrthoConv2D in kinds
     assert not any(v.dtype.startswith("complex") for v in deploy.weights)
     x = builtin["images"][:2, :PATCH, :PATCH]
-    np.testing.assert_allclose(np.asarray(deploy(x)), np.asarray(model(x, training=False)), atol=1e-5)
+    want = keras.ops.convert_to_numpy(model(x, training=False))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(deploy(x)), want, atol=1e-5)
+
+
+def test_deployment_model_refuses_a_wrong_lowering(monkeypatch):
+    model = models.robustify(models.build_model("small", patch_size=PATCH), "replace")
+    lower = LoweredOrthoConv2D.from_ortho_conv.__func__
+
+    def off_by_a_bit(cls, layer):
+        lowered = lower(cls, layer)
+        lowered.frequency_matrices.assign(lowered.frequency_matrices * 1.01)
+        return lowered
+
+    monkeypatch.setattr(LoweredOrthoConv2D, "from_ortho_conv", classmethod(off_by_a_bit))
+    with pytest.raises(RuntimeError, match="changed its outputs"):
+        deployment_model(model)
 
 
 # Parity on 32 real images ------------------------------------------------------------------
