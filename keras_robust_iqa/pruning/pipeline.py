@@ -105,6 +105,8 @@ def prune_run(run, out, *, fraction=None, tau=None, prune_epochs=1, finetune_epo
     _check_epochs("finetune-epochs", finetune_epochs)
     if learning_rate is not None and not learning_rate > 0:
         raise ValueError(f"--learning-rate must be positive, got {learning_rate!r}.")
+    if pathlib.Path(out).resolve() == pathlib.Path(run).resolve():
+        raise ValueError(f"--out must be a new run folder, not the pruned run itself ({run}).")
     model, config = read_run(run)
     learning_rate = learning_rate or config.learning_rate
     graph = ChannelGraph(model)

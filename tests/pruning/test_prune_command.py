@@ -108,6 +108,11 @@ def test_missing_run_folder_or_model_is_a_clear_error(tmp_path, capsys):
     assert "holds no model.keras" in capsys.readouterr().err
 
 
+def test_out_must_not_be_the_run(tiny_run, capsys):
+    assert cli.main(["prune", "--run", str(tiny_run), "--fraction", "0.3", "--out", str(tiny_run)]) == 2
+    assert "--out must be a new run folder" in capsys.readouterr().err
+
+
 def test_exactly_one_target_and_every_option_explained(capsys):
     for args in ([], ["--fraction", "0.3", "--tau", "0.01"]):
         with pytest.raises(SystemExit) as info:
