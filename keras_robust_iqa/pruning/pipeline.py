@@ -150,6 +150,7 @@ def prune_run(run, out, *, fraction=None, tau=None, prune_epochs=1, finetune_epo
     pruned.save(out / "pruned" / "model.keras")
     stages["after_pruning"] = model_facts(pruned, table)
 
+    metrics = {}
     if finetune_epochs:
         finetune = dataclasses.replace(config, init_from=str(out / "pruned"), epochs=finetune_epochs)
         metrics = train(finetune, out, verbose=verbose)
@@ -163,7 +164,7 @@ def prune_run(run, out, *, fraction=None, tau=None, prune_epochs=1, finetune_epo
                      prune_epochs=prune_epochs, finetune_epochs=finetune_epochs,
                      learning_rate=learning_rate, schedule=schedule)
     final = stages["after_finetune"]
-    metrics = {k: final[k] for k in ("test", "val", "params", "flops", "lipschitz_bound")}
+    metrics |= {k: final[k] for k in ("test", "val", "params", "flops", "lipschitz_bound")}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     saved_config = json.loads((out / "config.json").read_text())
     saved_config["pruning"] = {k: report[k] for k in ("source_run", "fraction", "tau", "prune_epochs",

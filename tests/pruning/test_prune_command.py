@@ -63,6 +63,8 @@ def test_prune_writes_a_run_folder_and_a_report(tiny_run, pruned_run):
     assert report["pruned_fraction"] >= 0.3 and report["pruned_channels"] < report["prunable_channels"]
     assert after["params"] < before["params"] and after["flops"] < before["flops"]
     assert tuned["params"] == after["params"]
+    metrics = json.loads((pruned_run / "metrics.json").read_text())
+    assert metrics["flops"] == tuned["flops"] and metrics["test"] == tuned["test"] and "train_seconds" in metrics
     assert after["lipschitz_bound"] <= before["lipschitz_bound"] * (1 + 1e-6)
     for stage in (before, after, tuned):
         assert -1 <= stage["test"]["srocc"] <= 1 and -1 <= stage["test"]["plcc"] <= 1
