@@ -10,7 +10,7 @@ factor `1 / range` (signed steps, normalised steps, Adam), so the attacks ascend
 import tensorflow as tf
 
 from keras_robust_iqa.attacks.loop import (
-    check_budget, image_score_fn, iterate, per_image_norm, project_linf, run_batches, score_and_gradient,
+    check_budget, compiled, image_score_fn, iterate, per_image_norm, project_linf, run_batches, score_and_gradient,
 )
 
 
@@ -38,7 +38,8 @@ def _signed_steps(model, images, *, eps, steps, step_size, momentum=0.0, random_
             gradient = velocity
         return project_linf(x + step_size * tf.sign(gradient), x0, eps), velocity
 
-    attack_batch = iterate(init, step, steps)
+    settings = ("signed", eps, steps, step_size, momentum, random_start)
+    attack_batch = compiled(model, settings, lambda: iterate(init, step, steps))
     return run_batches(images, attack_batch, batch_size=batch_size, seed=seed, verbose=verbose)
 
 
@@ -109,7 +110,8 @@ def pgd_l2(model, images, eps=1.0, *, steps=10, step_size=None, batch_size=8, ve
         delta *= tf.minimum(1.0, eps / (per_image_norm(delta, 2) + 1e-12))
         return (tf.clip_by_value(x0 + delta, 0.0, 1.0),)
 
-    return run_batches(images, iterate(init, step, steps), batch_size=batch_size, verbose=verbose)
+    attack_batch = compiled(model, ("pgd_l2", eps, steps, step_size), lambda: iterate(init, step, steps))
+    return run_batches(images, attack_batch, batch_size=batch_size, verbose=verbose)
 
 
 def sobel_mask(images, threshold=0.1):
@@ -153,4 +155,5 @@ def korhonen(model, images, eps=10 / 255, *, steps=10, learning_rate=0.005, batc
         update = (m / (1 - beta1**t)) / (tf.sqrt(v / (1 - beta2**t)) + 1e-8)
         return project_linf(x + learning_rate * update, x0, eps), m, v, mask
 
-    return run_batches(images, iterate(init, step, steps), batch_size=batch_size, verbose=verbose)
+    attack_batch = compiled(model, ("korhonen", eps, steps, learning_rate), lambda: iterate(init, step, steps))
+    return run_batches(images, attack_batch, batch_size=batch_size, verbose=verbose)

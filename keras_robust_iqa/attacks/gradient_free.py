@@ -2,7 +2,7 @@
 
 import tensorflow as tf
 
-from keras_robust_iqa.attacks.loop import check_budget, image_score_fn, iterate, project_linf, run_batches
+from keras_robust_iqa.attacks.loop import check_budget, compiled, image_score_fn, iterate, project_linf, run_batches
 
 # Andriushchenko et al.'s schedule: the square's area halves when the iteration,
 # rescaled to 10,000, passes each of these.
@@ -12,9 +12,9 @@ _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 def square(model, images, eps=10 / 255, *, steps=100, p_init=0.05, seed=0, batch_size=8, verbose=1):
     """Square attack, L-inf (Andriushchenko et al., ECCV 2020): random search, scores only.
 
-    Starts from vertical stripes of `+-eps` where they raise the score (else from the image); each step proposes, per image, one
-    random square window set to `x0 +- eps` (one sign per channel) and keeps it
-    where the score rises. The window covers a fraction `p` of the image,
+    Starts from vertical stripes of `+-eps` where they raise the score (else
+    from the image); each step proposes, per image, one random square window
+    set to `x0 +- eps` (one sign per channel) and keeps it where the score rises. The window covers a fraction `p` of the image,
     `p_init` halved on the paper's schedule. Every proposal stays in the L-inf
     ball of radius `eps` and in [0, 1].
 
@@ -59,4 +59,5 @@ def square(model, images, eps=10 / 255, *, steps=100, p_init=0.05, seed=0, batch
         better = proposed > best
         return tf.where(better[:, None, None, None], proposal, x), tf.maximum(proposed, best)
 
-    return run_batches(images, iterate(init, step, steps), batch_size=batch_size, seed=seed, verbose=verbose)
+    attack_batch = compiled(model, ("square", eps, steps, p_init), lambda: iterate(init, step, steps))
+    return run_batches(images, attack_batch, batch_size=batch_size, seed=seed, verbose=verbose)

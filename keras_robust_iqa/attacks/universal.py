@@ -24,7 +24,7 @@ def tile(perturbation, height, width):
 
 
 def train_uap(model, train_images, *, variant="plain", size=256, clip=0.1, epochs=5, batch_size=8,
-              learning_rate=1e-3, step_size=1 / 255, seed=0, verbose=1):
+              learning_rate=1e-3, step_size=1 / 255, filters=16, seed=0, verbose=1):
     """Learn a universal perturbation that raises the model's scores on `train_images`.
 
     Args:
@@ -38,6 +38,7 @@ def train_uap(model, train_images, *, variant="plain", size=256, clip=0.1, epoch
         size: side of the square perturbation, tiled over larger images.
         clip: L-inf bound of the perturbation while training.
         epochs, batch_size: passes over `train_images` and images per step.
+        filters: width of the generative variant's U-Net.
         seed: seeds the shuffling, the noise and the generator's initial weights.
 
     Returns:
@@ -51,7 +52,7 @@ def train_uap(model, train_images, *, variant="plain", size=256, clip=0.1, epoch
     channels = np.shape(train_images[0])[-1]
 
     if variant == "generative":
-        generator = unet_generator(channels=channels, seed=seed, name="uap_generator")
+        generator = unet_generator(filters, channels=channels, seed=seed, name="uap_generator")
         noise = tf.random.stateless_uniform((1, size, size, channels), (seed, 1), -1.0, 1.0)
         variables = generator.trainable_variables
 

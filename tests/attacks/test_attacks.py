@@ -119,7 +119,7 @@ def certified():
 SOUNDNESS_SETTINGS = {
     "uap": {"size": 32, "epochs": 1},
     "cumulative_uap": {"size": 32, "epochs": 1},
-    "generative_uap": {"size": 32, "epochs": 1},
+    "generative_uap": {"size": 32, "epochs": 1, "filters": 4},
     "facpa": {"filters": 4, "epochs": 1},
     "square": {"steps": 10},
     "transfer": {"steps": 2},

@@ -31,7 +31,7 @@ def runs(tmp_path_factory):
 def test_evaluate_command_writes_the_report(runs, tmp_path, capsys):
     out = tmp_path / "report"
     code = cli.main(["evaluate", "--run", runs[0], "--run", runs[1], "--attacks", "fgsm,transfer",
-                     "--eps", "2/255,4/255", "--images", "3", "--out", str(out)])
+                     "--eps", "2/255,4/255", "--images", "2", "--out", str(out)])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     assert set(report) == {"models"} and set(report["models"]) == {"base", "replace"}
