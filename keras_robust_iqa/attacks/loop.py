@@ -8,7 +8,6 @@ are never assigned, and the caller's arrays are copied, never written.
 """
 
 import numbers
-import weakref
 
 import keras
 import numpy as np
@@ -120,17 +119,17 @@ def iterate(init, step, steps):
     return attack_batch
 
 
-# Compiled attack functions per model and settings: a second call with the same
-# settings (another split, a benchmark's timed call) does not trace again.
-_COMPILED = weakref.WeakKeyDictionary()
-
-
 def compiled(model, settings, build):
-    """`build()` (a compiled attack function) made once per `model` and hashable `settings`."""
-    per_model = _COMPILED.setdefault(model, {})
-    if settings not in per_model:
-        per_model[settings] = build()
-    return per_model[settings]
+    """`build()` (a compiled attack function) made once per `model` and hashable `settings`.
+
+    A second call with the same settings (another split, a benchmark's timed
+    call) does not trace again. The cache lives in the model's `__dict__`,
+    out of Keras' attribute tracking (so never saved), and dies with the model.
+    """
+    cache = model.__dict__.setdefault("_keras_robust_iqa_attacks", {})
+    if settings not in cache:
+        cache[settings] = build()
+    return cache[settings]
 
 
 def project_linf(x, x0, eps):

@@ -172,3 +172,14 @@ def test_bad_arguments_are_named(linear, call, message):
     model, _ = linear
     with pytest.raises(ValueError, match=message):
         call(model, mid_images((1, 8, 8, 3)))
+
+
+def test_compiled_once_per_model_and_settings():
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(), keras.layers.Dense(1)])
+    images = mid_images((1, 8, 8, 3))
+    attacks.ifgsm(model, images, EPS, verbose=0)
+    (function,) = model.__dict__["_keras_robust_iqa_attacks"].values()
+    attacks.ifgsm(model, images, EPS, verbose=0)
+    assert function.experimental_get_tracing_count() == 1
+    attacks.ifgsm(model, images, 2 * EPS, verbose=0)
+    assert len(model.__dict__["_keras_robust_iqa_attacks"]) == 2
