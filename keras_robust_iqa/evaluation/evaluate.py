@@ -29,7 +29,7 @@ def attack_key(name, eps, norm="linf"):
     return f"{name}@{eps_label(eps, norm)}"
 
 
-def evaluate_model(model, images, mos, *, attacks=tuple(iqa_attacks.ATTACKS), eps=(4 / 255,), l2_eps=(1.0,),
+def evaluate_model(model, images, mos, *, attacks=None, eps=(4 / 255,), l2_eps=(1.0,),
                    train_images=None, transfer_source=None, batch_size=8, seed=0, verbose=1):
     """Clean accuracy, then every attack at every budget, scored.
 
@@ -37,7 +37,8 @@ def evaluate_model(model, images, mos, *, attacks=tuple(iqa_attacks.ATTACKS), ep
         model: the Keras model under attack (patch-scoring).
         images: test images in [0, 1] (a list of arrays of any size, or an array).
         mos: their MOS, normalised to [0, 1].
-        attacks: names from `keras_robust_iqa.attacks.ATTACKS`.
+        attacks: names from `keras_robust_iqa.attacks.ATTACKS` (default: all;
+            `transfer` only with a `transfer_source`).
         eps: L-inf budgets for every attack but `pgd_l2`.
         l2_eps: L2 radii for `pgd_l2` (whole image).
         train_images: images the UAP variants and FACPA learn on (a training split).
@@ -47,6 +48,8 @@ def evaluate_model(model, images, mos, *, attacks=tuple(iqa_attacks.ATTACKS), ep
         `(entry, details)`: the model's `report.json` entry and, per attack key,
         the MinMax-scaled `(clean, attacked)` scores for the plots.
     """
+    if attacks is None:
+        attacks = [name for name in iqa_attacks.ATTACKS if name != "transfer" or transfer_source is not None]
     unknown = [name for name in attacks if name not in iqa_attacks.ATTACKS]
     if unknown:
         raise ValueError(f"Unknown attack(s) {unknown}; choose from {sorted(iqa_attacks.ATTACKS)}.")
