@@ -20,6 +20,8 @@ def add_parser(subparsers):
     p.add_argument("--data-dir", help="dataset folder, for the public datasets")
     p.add_argument("--model", default=d.model, choices=("small", "resnet50", "mobilenetv3", "efficientnetv2b0"),
                    help=f"base model (default: {d.model}); the backbones want a GPU")
+    p.add_argument("--weights", help="starting weights of a backbone: imagenet or a .weights.h5 file (default: none)")
+    p.add_argument("--patch-size", type=int, help=f"side of the square patches the models score (default: {d.patch_size})")
     p.add_argument("--epochs", type=int, help=f"epochs of the base model and the baselines (default: {d.epochs})")
     p.add_argument("--robust-epochs", type=int,
                    help=f"epochs of the insert and replace models (default: {d.robust_epochs})")
@@ -28,9 +30,12 @@ def add_parser(subparsers):
     p.add_argument("--finetune-epochs", type=int,
                    help=f"fine-tuning epochs after pruning (default: {d.finetune_epochs})")
     p.add_argument("--eval-images", type=int, help=f"test images attacked per model (default: {d.eval_images})")
+    p.add_argument("--attacks",
+                   help=f"comma-separated attacks for the evaluate stage (default: {','.join(d.attacks)}; "
+                   "all: every attack of robust-iqa evaluate)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default: {d.seed})")
     p.add_argument("--quick", action="store_true",
-                   help="a smoke test: one short epoch per model, 8 images, 3 attacks (the other flags still apply)")
+                   help="a smoke test: one short epoch per model, 4 images, 2 attacks (the other flags still apply)")
     p.set_defaults(func=run)
 
 
@@ -39,12 +44,15 @@ def run(args):
 
     given = {"epochs": args.epochs, "robust_epochs": args.robust_epochs,
              "patches_per_image": args.patches_per_image, "finetune_epochs": args.finetune_epochs,
-             "eval_images": args.eval_images}
+             "eval_images": args.eval_images, "patch_size": args.patch_size}
     for name, value in given.items():
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}.")
     overrides = {k: v for k, v in given.items() if v is not None}
-    overrides |= {"dataset": args.dataset, "data_dir": args.data_dir, "model": args.model, "seed": args.seed}
+    if args.attacks:
+        overrides["attacks"] = demo.parse_attacks(args.attacks)
+    overrides |= {"dataset": args.dataset, "data_dir": args.data_dir, "model": args.model, "seed": args.seed,
+                  "weights": args.weights}
     settings = demo.DemoSettings.quick(**overrides) if args.quick else demo.DemoSettings(**overrides)
     demo.run(args.out, settings)
     return 0

@@ -26,7 +26,7 @@ def add_parser(subparsers):
     p.add_argument("--l2-eps", type=lambda text: _budgets(text, fraction), default=[1.0],
                    help="comma-separated L2 radii of the whole-image perturbation for pgd_l2 (default: 1.0)")
     p.add_argument("--images", type=int,
-                   help="attack only the first N test images (default: the whole test split)")
+                   help="attack only N test images, evenly spaced over the split (default: the whole test split)")
     p.add_argument("--train-images", type=int, default=64,
                    help="training-split images the UAP variants and FACPA learn on (default: 64)")
     p.add_argument("--transfer-source", metavar="RUN",

@@ -37,7 +37,7 @@ def evaluate_runs(runs, out, *, attacks=None, eps=(4 / 255,), l2_eps=(1.0,), ima
         runs: run folders (`model.keras` and `config.json`).
         attacks: attack names (default: all; `transfer` only when there is a
             source: two runs or more, or `transfer_source`).
-        images: attack the first `images` test images only (default: all).
+        images: attack `images` evenly spaced test images only (default: all).
         train_images: how many training-split images the UAPs and FACPA learn on.
         transfer_source: the run whose model crafts transferred perturbations;
             default, for each model, the first other run.
@@ -97,10 +97,17 @@ def _load_split(dataset, data_dir, patch_size, images, train_images):
     count = len(test) if images is None else min(images, len(test))
     if count == 0:
         raise ValueError(f"Dataset {dataset!r} has no test images.")
-    test_images = iqa_data.load_images(test, np.arange(count))
-    mos = test.normalize(test.mos)[:count]
+    rows = _spread(len(test), count)
+    test_images = iqa_data.load_images(test, rows)
+    mos = test.normalize(test.mos)[rows]
     train = None
     if train_images is not None:
         split = table.subset("train")
-        train = iqa_data.load_images(split, np.arange(min(train_images, len(split))))
+        train = iqa_data.load_images(split, _spread(len(split), min(train_images, len(split))))
     return test_images, mos, train
+
+
+def _spread(total, count):
+    """`count` evenly spaced row numbers: tables are ordered by source and distortion,
+    so the first rows would all show one photograph."""
+    return np.unique(np.linspace(0, total - 1, count).round().astype(int))

@@ -136,7 +136,7 @@ def prune_run(run, out, *, fraction=None, tau=None, prune_epochs=1, finetune_epo
         compile_model(masked, config)
         try:
             masked.fit(train_ds, validation_data=val_ds, epochs=prune_epochs, callbacks=[pruning],
-                       verbose=verbose)
+                       verbose=verbose, shuffle=False)  # the pipeline shuffles
         finally:
             for layer in frozen:
                 layer.trainable = True

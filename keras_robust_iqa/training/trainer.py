@@ -229,7 +229,9 @@ def train(config, out, *, verbose="auto", callbacks=()):
         *callbacks,
     ]
     start = time.perf_counter()
-    model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=fit_callbacks, verbose=verbose)
+    # shuffle=False: the pipeline shuffles; Keras would only warn that it ignores the flag.
+    model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=fit_callbacks, verbose=verbose,
+              shuffle=False)
     seconds = time.perf_counter() - start
 
     best = load_run_model(out)

@@ -37,3 +37,18 @@ def test_summary_table_reads_the_attack_at_its_budget():
 def test_bad_flags_are_named(flag, capsys, tmp_path):
     assert cli.main(["demo", "--out", str(tmp_path), flag, "0"]) == 2
     assert f"{flag} must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_attacks_flag_takes_names_or_all_and_refuses_unknown_names():
+    from keras_robust_iqa.attacks import ATTACKS
+
+    assert demo.parse_attacks("ifgsm, square") == ("ifgsm", "square")
+    assert demo.parse_attacks("all") == tuple(ATTACKS)
+    with pytest.raises(ValueError, match=r"--attacks: unknown attack\(s\) \['ifsgm'\]"):
+        demo.parse_attacks("ifsgm,uap")
+
+
+def test_scale_flags_reach_every_training_run():
+    settings = demo.DemoSettings(model="resnet50", weights="imagenet", patch_size=224)
+    for config in demo.training_runs(settings).values():
+        assert (config.model, config.weights, config.patch_size) == ("resnet50", "imagenet", 224)
