@@ -25,12 +25,14 @@ def test_training_runs_cover_the_pipeline():
 
 
 def test_summary_table_reads_the_attack_at_its_budget():
-    attacks = {"ifgsm@2/255": {"attack": "ifgsm", "eps": 2 / 255, "abs_gain": 0.5, "certified_bound": None},
-               "ifgsm@4/255": {"attack": "ifgsm", "eps": 4 / 255, "abs_gain": 0.25, "certified_bound": 0.75}}
+    attacks = {"ifgsm@2/255": {"attack": "ifgsm", "eps": 2 / 255, "abs_gain": 0.5, "abs_gain_raw": 0.05,
+                               "certified_bound": None},
+               "ifgsm@4/255": {"attack": "ifgsm", "eps": 4 / 255, "abs_gain": 0.25, "abs_gain_raw": 0.025,
+                               "certified_bound": 0.75}}
     report = {"models": {"replace": {"params": 1234, "test": {"srocc": 0.9, "plcc": 0.8},
                                      "lipschitz_bound": 0.125, "attacks": attacks}}}
     row = demo.summary_table(report).splitlines()[-1]
-    assert row == "| replace | 1,234 | 0.900 | 0.800 | 0.125 | 0.25 | 0.75 |"
+    assert row == "| replace | 1,234 | 0.900 | 0.800 | 0.125 | 0.025 | 0.25 | 0.75 |"
 
 
 @pytest.mark.parametrize("flag", ["--epochs", "--robust-epochs", "--eval-images", "--finetune-epochs"])
@@ -52,3 +54,71 @@ def test_scale_flags_reach_every_training_run():
     settings = demo.DemoSettings(model="resnet50", weights="imagenet", patch_size=224)
     for config in demo.training_runs(settings).values():
         assert (config.model, config.weights, config.patch_size) == ("resnet50", "imagenet", 224)
+
+
+def _tiny_csv_dataset(folder):
+    """18 real built-in images shrunk to 48x48, split by source photograph, as a generic CSV."""
+    import numpy as np
+    from PIL import Image
+
+    from keras_robust_iqa import data
+
+    table = data.load_table("builtin")
+    folder.mkdir()
+    lines = ["path,mos,split,ref"]
+    for split, count in (("train", 10), ("val", 4), ("test", 4)):
+        rows = np.flatnonzero(table.splits == split)
+        for i in rows[np.linspace(0, len(rows) - 1, count).astype(int)]:
+            name = f"{split}{i}.png"
+            Image.open(table.absolute_path(i)).convert("RGB").resize((48, 48)).save(folder / name)
+            lines.append(f"{name},{table.mos[i]:.3f},{split},{table.refs[i]}")
+    (folder / "mos.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_demo_runs_every_stage_resumes_after_an_interruption_and_reports_what_it_measured(tmp_path, monkeypatch):
+    import keras_robust_iqa.evaluation as evaluation
+
+    dataset = _tiny_csv_dataset(tmp_path / "data")
+    out = tmp_path / "demo"
+    settings = demo.DemoSettings(dataset="csv", data_dir=str(dataset), patch_size=32, epochs=1,
+                                 robust_epochs=1, patches_per_image=1, finetune_epochs=1,
+                                 attacks=("fgsm", "transfer"), eval_images=2)
+
+    real_evaluate = evaluation.evaluate_runs
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C in the evaluate stage
+
+    monkeypatch.setattr(evaluation, "evaluate_runs", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        demo.run(out, settings, verbose=0)
+    trained = {name: (out / name / "model.keras").stat().st_mtime_ns
+               for name in ("base", "insert", "replace", "nt", "adversarial", "replace-pruned")}
+    recorded = json.loads((out / "stage_seconds.json").read_text())
+    assert set(recorded) == {"data", "base", "robust", "baselines", "prune"}
+    assert not (out / "report.json").exists()
+
+    monkeypatch.setattr(evaluation, "evaluate_runs", real_evaluate)
+    report = demo.run(out, settings, verbose=0)
+
+    # The finished stages were reused, not redone, and keep the times they took.
+    assert {name: (out / name / "model.keras").stat().st_mtime_ns for name in trained} == trained
+    assert all(report["stage_seconds"][stage] == recorded[stage] for stage in recorded if stage != "data")
+    assert set(report["stage_seconds"]) == {"data", "base", "robust", "baselines", "prune", "evaluate", "export"}
+    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
+
+    # Every figure of the report is the one a stage wrote.
+    evaluated = json.loads((out / "evaluation" / "report.json").read_text())["models"]
+    assert list(report["models"]) == list(trained)
+    for name, entry in report["models"].items():
+        metrics = json.loads((out / name / "metrics.json").read_text())
+        assert entry["test"] == metrics["test"] and entry["params"] == metrics["params"]
+        assert entry["attacks"] == evaluated[name]["attacks"]
+        assert set(entry["attacks"]) == {f"{a}@{e}/255" for a in ("fgsm", "transfer") for e in (2, 4, 8)}
+    assert report["models"]["replace"]["lipschitz_bound"] > 0 and report["models"]["base"]["lipschitz_bound"] is None
+    assert report["models"]["replace-pruned"]["params"] < report["models"]["replace"]["params"]
+    for row in ("| base |", "| replace-pruned |"):
+        assert row in (out / "report.md").read_text()
+    assert (out / "gain_vs_eps.png").stat().st_size > 0 and (out / "clean_vs_attacked.png").stat().st_size > 0
+    assert {path.suffix for path in (out / "export").rglob("*") if path.is_file()} >= {".pb", ".tflite", ".onnx"}
