@@ -246,6 +246,9 @@ def build_report(out, settings, model_runs, timings):
             "lipschitz_bound": metrics.get("lipschitz_bound"),
             "train_seconds": metrics.get("train_seconds"),
             "attacks": attacked.get("attacks", {}),
+            # Clean correlations on the attacked subset, the baseline of the attacked ones.
+            "attacked_images_clean": attacked.get("clean"),
+            "attacked_images": attacked.get("images"),
         }
     pruning = json.loads((out / "replace-pruned" / "pruning_report.json").read_text())
     export = json.loads((out / "export" / "replace-pruned.export.json").read_text())
@@ -293,10 +296,20 @@ def _fmt(value):
     return "-" if value is None else f"{value:.4g}"
 
 
+def _what_was_measured(report):
+    models = report["models"].values()
+    tested = max(m["test"].get("images", 0) for m in models)
+    attacked = max(m.get("attacked_images") or 0 for m in models)
+    return (f"Test SROCC and PLCC: every test image ({tested}), scored by patch averaging. Attacks: "
+            f"{attacked} evenly spaced test images; the `clean` rows below are their correlations. "
+            "Gain (MOS 0..1): mean score increase on the normalised MOS scale the models predict.")
+
+
 def report_markdown(report):
     from keras_robust_iqa.evaluation.report import markdown_table
 
-    evaluation = {"models": {name: {"attacks": m["attacks"], "clean": m["test"], "params": m["params"],
+    evaluation = {"models": {name: {"attacks": m["attacks"], "clean": m["attacked_images_clean"] or m["test"],
+                                    "params": m["params"],
                                     "lipschitz_bound": m["lipschitz_bound"]}
                              for name, m in report["models"].items()}}
     seconds = ", ".join(f"{stage} {s:.0f} s" for stage, s in report["stage_seconds"].items())
@@ -310,6 +323,8 @@ def report_markdown(report):
         "## Summary",
         "",
         summary_table(report),
+        "",
+        _what_was_measured(report),
         "",
         markdown_table(evaluation).replace("# Adversarial robustness report", "## Every attack"),
         "",
