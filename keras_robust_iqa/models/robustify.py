@@ -35,11 +35,12 @@ _ACTIVATIONS = (
     keras.layers.ELU,
     keras.layers.PReLU,
 )
+_PREPROCESSING = (keras.layers.Rescaling, keras.layers.Normalization)
 _POOLING = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
 _GLOBAL_POOLING = (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D)
 
 
-def robustify(model, mode="replace", *, after=None, keep_weights=True, group_size=2):
+def robustify(model, mode="replace", *, after=None, keep_weights=True, group_size=2, input_offset=-0.5):
     """Apply RobustBlocks to a functional Keras model, with no hand editing.
 
     Args:
@@ -66,6 +67,14 @@ def robustify(model, mode="replace", *, after=None, keep_weights=True, group_siz
             initialise orthogonal kernels from the original kernels where the
             shapes match (replace), so a trained model is a head start.
         group_size: GroupSort group size for the new activations.
+        input_offset: for `"replace"`, added to the inputs by a
+            `Rescaling(1, offset=input_offset)` first layer (`None`: none),
+            unless the model preprocesses its inputs itself (a `Rescaling`
+            or `Normalization` reads them, as in the backbones).
+            The orthogonal convolutions zero-pad: with inputs in [0, 1],
+            centring them on mid-grey keeps the borders from reading as
+            black edges (README, "Accuracy", has the measured effect). A
+            shift has Lipschitz constant 1: the bound is unchanged.
 
     Returns:
         A new model; `model` is left unchanged.
@@ -78,7 +87,7 @@ def robustify(model, mode="replace", *, after=None, keep_weights=True, group_siz
         )
     if mode == "insert":
         return _insert(model, after, keep_weights, group_size)
-    return _replace(model, keep_weights, group_size)
+    return _replace(model, keep_weights, group_size, input_offset)
 
 
 # Insert --------------------------------------------------------------------
@@ -245,30 +254,63 @@ def _replacement(layer, group_size):
     raise _unsupported(layer)
 
 
-def _replace(model, keep_weights, group_size):
+def _replace(model, keep_weights, group_size, input_offset):
+    if len(model.outputs) != 1:
+        raise ValueError("robustify(mode='replace') supports single-output models.")
     replaced = {}
+    original_of = {}
+    reads_input = _input_readers(model)
+    # A model that preprocesses its inputs itself (the keras.applications
+    # backbones) is already centred.
+    preprocesses = any(isinstance(l, _PREPROCESSING) for l in reads_input.values())
+    centre = None
+    if input_offset and not preprocesses:
+        centre = keras.layers.Rescaling(1.0, offset=input_offset, name="centre_inputs")
+    centred = {}
 
     def clone_function(layer):
         new = _replacement(layer, group_size)
         replaced[layer.name] = new
+        original_of[id(new)] = layer
         return new
 
     def call_function(layer, *args, **kwargs):
         # The originals' call kwargs (a BatchNorm's `mask`) need not fit the
         # replacements; none of the replacements uses a mask.
         kwargs.pop("mask", None)
+        if centre is not None and id(original_of.get(id(layer))) in reads_input:
+            args = keras.tree.map_structure(lambda t: _centred(t, centre, centred), args)
         return layer(*args, **kwargs)
 
     body = keras.models.clone_model(
         model, clone_function=clone_function, call_function=call_function, recursive=True
     )
-    if len(body.outputs) != 1:
-        raise ValueError("robustify(mode='replace') supports single-output models.")
     outputs = robust_layers.OutputScale(scale=1.0, offset=0.5, name="output_scale")(body.outputs[0])
     new = keras.Model(body.inputs, outputs, name=f"{model.name}_replace")
     if keep_weights:
         _transfer_kernels(model, replaced)
     return new
+
+
+def _input_readers(model):
+    """`{id: layer}` of the layers of `model` (not of nested models) that read its inputs."""
+    inputs = {id(t) for t in model.inputs}
+    return {
+        id(node.operation): node.operation
+        for nodes in model._nodes_by_depth.values()
+        for node in nodes
+        if any(id(t) in inputs for t in node.input_tensors)
+    }
+
+
+def _centred(tensor, centre, cache):
+    """`centre(tensor)` for a model input (once per input), other values as they are."""
+    history = getattr(tensor, "_keras_history", None)
+    if history is None or not isinstance(history.operation, keras.layers.InputLayer):
+        return tensor
+    if id(tensor) not in cache:
+        cache[id(tensor)] = centre(tensor)
+    return cache[id(tensor)]
 
 
 def _transfer_kernels(model, replaced):

@@ -77,6 +77,7 @@ def test_replace_is_certified_and_sound_on_real_images():
         robust_layers.OrthoConv2D, robust_layers.OrthoDense, robust_layers.GroupSort,
         robust_layers.L2NormPooling2D, robust_layers.GlobalL2NormPooling2D,
         robust_layers.OutputScale, keras.layers.Identity, keras.layers.InputLayer, keras.Sequential,
+        keras.layers.Rescaling,
     )
     assert all(isinstance(l, allowed) for l in model.layers), [type(l).__name__ for l in model.layers]
     perturb_weights(model, 0.2)
@@ -89,6 +90,25 @@ def test_replace_is_certified_and_sound_on_real_images():
     assert empirical.max() > 0  # a real measurement
     # Whole 64x96 images, patch-averaged over a 2x3 grid: the bound shrinks by sqrt(6).
     assert lipschitz_bound(model, image_shape=(64, 96)) == pytest.approx(bound / np.sqrt(6))
+
+
+def test_replace_centres_inputs_with_a_shift_that_keeps_the_bound():
+    base = small_iqa_cnn(32)
+    centred = robustify(base, "replace")
+    plain = robustify(base, "replace", input_offset=None)
+    # The centring layer reads the input and feeds the first convolution.
+    readers = [l for l in centred.layers if l.input is centred.inputs[0] or l.input is centred.input]
+    assert [type(l).__name__ for l in readers] == ["Rescaling"]
+    assert centred.get_layer("centre_inputs").offset == -0.5
+    assert "centre_inputs" not in [l.name for l in plain.layers]
+    perturb_weights(plain, 0.2)
+    centred.set_weights(plain.get_weights())
+    x = photo_patches(4)
+    np.testing.assert_allclose(centred(x), plain(x - 0.5), atol=1e-5)
+    assert lipschitz_bound(centred) == pytest.approx(lipschitz_bound(plain))
+    # Backbones preprocess their inputs themselves: no second shift.
+    resnet = robustify(backbone_iqa_model("resnet50", 32, weights=None), "replace")
+    assert "centre_inputs" not in [l.name for l in resnet.layers]
 
 
 def test_replace_round_trips(tmp_path):
