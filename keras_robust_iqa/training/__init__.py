@@ -1,5 +1,6 @@
 """Training utilities: correlation statistics, epoch-level metrics, IQA losses."""
 
+from keras_robust_iqa.training.calibration import calibrate_to_mos
 from keras_robust_iqa.training.correlation import (
     correlations,
     fit_logistic4,
@@ -33,4 +34,6 @@ __all__ = [
     "MeanAbsoluteError",
     "PLCCLoss",
     "PairwiseRankLoss",
+    # back to the MOS scale after a correlation loss
+    "calibrate_to_mos",
 ]

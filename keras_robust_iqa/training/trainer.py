@@ -4,7 +4,9 @@ A run folder holds what the next stages read:
 - `model.keras`: the best model by validation SROCC (load with safe_mode=True);
 - `config.json`: the `TrainConfig` plus what it resolved to (MOS scale, patch size);
 - `metrics.json`: SROCC / PLCC / KRCC on the test split (whole images, patch-averaged),
-  parameters, the Lipschitz bound where one exists, training time;
+  parameters, the Lipschitz bound where one exists, training time, and for a correlation
+  loss the affine map fitted on validation images that puts the scores back on the MOS
+  scale (`mos_calibration`, appended to the saved model: `training.calibration`);
 - `history.csv`: per-epoch logs (`val_srocc`/`val_plcc`/`val_krcc` on whole validation
   images, patch-averaged as the test is; `val_loss` on centre crops); `backup/`: BackupAndRestore state while training runs.
 """
@@ -23,6 +25,7 @@ import tensorflow as tf
 from keras_robust_iqa import data as iqa_data
 from keras_robust_iqa import models as iqa_models
 from keras_robust_iqa.training import losses as iqa_losses
+from keras_robust_iqa.training.calibration import CORRELATION_LOSSES, calibrate_to_mos
 from keras_robust_iqa.training.callbacks import WholeImageValidation
 from keras_robust_iqa.training.correlation import correlations
 from keras_robust_iqa.training.defenses import DEFENSES, InnerModelCheckpoint, defend
@@ -235,12 +238,21 @@ def train(config, out, *, verbose="auto", callbacks=()):
     seconds = time.perf_counter() - start
 
     best = load_run_model(out)
+    calibration = None
+    if config.loss in CORRELATION_LOSSES:
+        # A correlation loss leaves the score's scale free: map it back onto MOS.
+        best, calibration = calibrate_to_mos(best, table)
+        if calibration is not None:
+            # Write next to the file, then rename: an interruption keeps the best model.
+            best.save(out / "model.calibrating.keras")
+            os.replace(out / "model.calibrating.keras", out / "model.keras")
     metrics = {
         "test": evaluate_images(best, table, "test"),
         "val": evaluate_images(best, table, "val"),
         "params": int(best.count_params()),
         "lipschitz_bound": _bound_or_none(best),
         "train_seconds": round(seconds, 1),
+        "mos_calibration": calibration,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics

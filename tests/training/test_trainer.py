@@ -205,6 +205,60 @@ def test_robust_insert_run_from_a_trained_run(base_run, small_builtin, tmp_path)
     assert json.loads((out / "config.json").read_text())["init_from"] == str(run)
 
 
+def test_correlation_loss_run_is_saved_on_the_mos_scale(small_builtin, tmp_path):
+    from keras_robust_iqa.models import score_images
+    from keras_robust_iqa.training.calibration import calibrate_to_mos
+
+    out = tmp_path / "plcc"
+    metrics = train(tiny(small_builtin, loss="plcc", epochs=2), out, verbose=0)
+    model = assert_run_folder(out, metrics)
+    fit = metrics["mos_calibration"]
+    assert fit["split"] == "val" and fit["scale"] > 0
+    last = model.layers[-1]
+    assert last.name == "mos_calibration" and isinstance(last, keras.layers.Rescaling)
+    assert (float(last.scale), float(last.offset)) == pytest.approx((fit["scale"], fit["offset"]))
+    # The saved model's validation scores are the least-squares fit to normalised MOS:
+    # on average they are the MOS (the MSE-trained runs predict on that scale too).
+    table = iqa_data.load_table("builtin", str(small_builtin))
+    val = table.subset("val")
+    scores = score_images(model, iqa_data.iter_images(val))
+    target = val.normalize(val.mos)
+    assert fit["images"] == len(val)
+    assert np.mean(scores) == pytest.approx(np.mean(target), abs=1e-4)
+    slope, _ = np.polyfit(scores, target, 1)
+    assert slope == pytest.approx(1.0, abs=1e-3)
+    # Calibrating again folds into the one layer instead of stacking a second.
+    again, refit = calibrate_to_mos(model, table)
+    assert [l.name for l in again.layers].count("mos_calibration") == 1
+    assert refit["scale"] == pytest.approx(fit["scale"], rel=1e-3)
+    # The map is affine with a positive scale: the correlations are the uncalibrated ones.
+    raw = keras.Model(model.inputs, last.input)
+    test = table.subset("test")
+    np.testing.assert_allclose(
+        score_images(model, iqa_data.iter_images(test)),
+        fit["scale"] * score_images(raw, iqa_data.iter_images(test)) + fit["offset"], atol=1e-5)
+
+
+def test_calibration_scales_the_certified_bound_and_never_flips_the_ranking(small_builtin):
+    from keras_robust_iqa.models import robustify, score_images, small_iqa_cnn
+    from keras_robust_iqa.training.calibration import calibrate_to_mos
+
+    table = iqa_data.load_table("builtin", str(small_builtin))
+    val = table.subset("val")
+    keras.utils.set_random_seed(0)
+    model = robustify(small_iqa_cnn(PATCH), "replace")
+    # Orient the untrained model so its scores rise with MOS, then calibrate it.
+    rho = np.corrcoef(score_images(model, iqa_data.iter_images(val)), val.mos)[0, 1]
+    model.get_layer("output_scale").scale.assign(np.sign(rho))
+    calibrated, fit = calibrate_to_mos(model, table)
+    assert fit is not None
+    assert lipschitz_bound(calibrated) == pytest.approx(fit["scale"] * lipschitz_bound(model), rel=1e-6)
+    # Scores that fall with MOS are left alone: a negative scale would reverse the ranking.
+    model.get_layer("output_scale").scale.assign(-np.sign(rho))
+    unchanged, none = calibrate_to_mos(model, table)
+    assert none is None and unchanged is model
+
+
 # ----------------------------------------------------------------------------
 # Resuming after an interruption
 # ----------------------------------------------------------------------------
