@@ -258,8 +258,8 @@ def _replace(model, keep_weights, group_size, input_offset):
     if len(model.outputs) != 1:
         raise ValueError("robustify(mode='replace') supports single-output models.")
     replaced = {}
-    original_of = {}
     reads_input = _input_readers(model)
+    new_readers = set()  # ids of the replacements of the layers in `reads_input`
     # A model that preprocesses its inputs itself (the keras.applications
     # backbones) is already centred.
     preprocesses = any(isinstance(l, _PREPROCESSING) for l in reads_input.values())
@@ -271,14 +271,15 @@ def _replace(model, keep_weights, group_size, input_offset):
     def clone_function(layer):
         new = _replacement(layer, group_size)
         replaced[layer.name] = new
-        original_of[id(new)] = layer
+        if id(layer) in reads_input:
+            new_readers.add(id(new))
         return new
 
     def call_function(layer, *args, **kwargs):
         # The originals' call kwargs (a BatchNorm's `mask`) need not fit the
         # replacements; none of the replacements uses a mask.
         kwargs.pop("mask", None)
-        if centre is not None and id(original_of.get(id(layer))) in reads_input:
+        if centre is not None and id(layer) in new_readers:
             args = keras.tree.map_structure(lambda t: _centred(t, centre, centred), args)
         return layer(*args, **kwargs)
 
