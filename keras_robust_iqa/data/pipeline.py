@@ -95,7 +95,8 @@ def _check_min(table: IQATable, sizes: np.ndarray, hw: tuple[int, int], what: st
 
 def make_dataset(table: IQATable, split: str | None, *, patch_size=64, batch_size: int = 16,
                  training: bool, patches_per_image: int = 1, crop_size=None, seed: int = 0,
-                 shuffle: bool | None = None, cache: bool | str = True) -> tf.data.Dataset:
+                 augment: str | None = None, shuffle: bool | None = None,
+                 cache: bool | str = True) -> tf.data.Dataset:
     """Batches of ``(images (B, h, w, 3) float32 in [0, 1], mos01 (B,) float32)``.
 
     Args:
@@ -106,6 +107,10 @@ def make_dataset(table: IQATable, split: str | None, *, patch_size=64, batch_siz
             epoch, shuffled; each epoch differs but the sequence is fixed by ``seed`` (and
             TensorFlow's global seed, if one is set). ``False``: deterministic; a centre
             crop of ``crop_size`` when given, else the full image.
+        augment: training patches only. ``"flip"``: a random horizontal flip;
+            ``"dihedral"``: one of the 8 symmetries of the square (flips, transposes), for
+            distortions that have no orientation (synthetic sets, the built-in one; the
+            built-in labels, MS-SSIM, do not change under them). ``None``: as cropped.
         shuffle: defaults to ``training``. Eval data can be shuffled (seeded) too.
         cache: ``True`` keeps the encoded files in memory after the first epoch (decoding
             still runs per epoch: decoded KonIQ would not fit in memory); a string is a
@@ -119,6 +124,8 @@ def make_dataset(table: IQATable, split: str | None, *, patch_size=64, batch_siz
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if not isinstance(patches_per_image, (int, np.integer)) or patches_per_image < 1:
         raise ValueError(f"patches_per_image must be a positive int, got {patches_per_image!r}")
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"Argument `augment`={augment!r} must be one of {AUGMENTATIONS}")
     shuffle = training if shuffle is None else bool(shuffle)
     sizes = image_sizes(table)
     out_shape: list = [None, None]
@@ -175,6 +182,10 @@ def make_dataset(table: IQATable, split: str | None, *, patch_size=64, batch_siz
             sub_seeds = tf.random.experimental.stateless_split(crop_seed, k)
             patches = tf.stack([tf.image.stateless_random_crop(img, [ph, pw, 3], sub_seeds[j])
                                 for j in range(k)])
+            if augment:
+                # Seeds of their own: the crop's would give coins correlated with its offsets.
+                flip_seed = tf.random.experimental.stateless_fold_in(crop_seed, 1)
+                patches = _augment(patches, augment, flip_seed)
             return patches, tf.fill([k], y)
 
         ds = tf.data.Dataset.zip((ds, seeds)).map(crops, num_parallel_calls=auto,
@@ -199,6 +210,23 @@ def make_dataset(table: IQATable, split: str | None, *, patch_size=64, batch_siz
         ds = ds.map(load, num_parallel_calls=auto, deterministic=True)
     ds = ds.batch(int(batch_size))
     return ds.prefetch(auto)
+
+
+AUGMENTATIONS = (None, "flip", "dihedral")
+
+
+def _augment(patches, augment, seed):
+    """Flip (and, for ``"dihedral"``, transpose) each of the ``(k, h, w, 3)`` patches at random."""
+    coins = tf.random.stateless_uniform([tf.shape(patches)[0], 3], seed, maxval=2, dtype=tf.int32)
+    flip = tf.cast(coins[:, :1, None, None], tf.bool)
+    patches = tf.where(flip, tf.reverse(patches, axis=[2]), patches)
+    if augment == "dihedral":
+        flip = tf.cast(coins[:, 1:2, None, None], tf.bool)
+        patches = tf.where(flip, tf.reverse(patches, axis=[1]), patches)
+        if patches.shape[1] == patches.shape[2]:
+            turn = tf.cast(coins[:, 2:3, None, None], tf.bool)
+            patches = tf.where(turn, tf.transpose(patches, [0, 2, 1, 3]), patches)
+    return patches
 
 
 def iter_images(table: IQATable, indices=None):

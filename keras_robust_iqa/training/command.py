@@ -33,6 +33,10 @@ def add_parser(subparsers):
                    f"patch scores (default: {d.patch_size})")
     p.add_argument("--patches-per-image", type=int, default=d.patches_per_image,
                    help=f"random patches per training image and epoch (default: {d.patches_per_image})")
+    p.add_argument("--augment", default=d.augment or "none", choices=("none", "flip", "dihedral"),
+                   help="random symmetries of the training patches: flip (left-right), dihedral "
+                   "(flips and transposes: the 8 symmetries of a square, for distortions with no "
+                   f"orientation, as in the built-in set) (default: {d.augment or 'none'})")
     p.add_argument("--learning-rate", type=float, default=d.learning_rate, help=f"Adam learning rate (default: {d.learning_rate})")
     p.add_argument("--lr-schedule", default=d.lr_schedule, choices=LR_SCHEDULES,
                    help=f"learning-rate schedule: cosine decays it to 5%% over all epochs, constant keeps it "
@@ -78,7 +82,8 @@ def run(args):
         dataset=args.dataset, data_dir=args.data_dir, model=args.model, robust=args.robust,
         weights=args.weights, init_from=args.init_from, epochs=args.epochs,
         batch_size=args.batch_size, patch_size=args.patch_size,
-        patches_per_image=args.patches_per_image, learning_rate=args.learning_rate,
+        patches_per_image=args.patches_per_image,
+        augment=None if args.augment == "none" else args.augment, learning_rate=args.learning_rate,
         lr_schedule=args.lr_schedule,
         loss=args.loss, patience=args.patience, seed=args.seed, strategy=args.strategy,
         defense=args.defense, defense_eps=args.defense_eps, nt_lambda=args.nt_lambda, nt_h=args.nt_h,

@@ -56,6 +56,8 @@ class TrainConfig:
     batch_size: int = 32
     patch_size: int = 64
     patches_per_image: int = 4
+    # Random flips of the training patches (data.make_dataset's `augment`).
+    augment: str | None = None
     learning_rate: float = 1e-3
     # cosine: decay to 5 % of learning_rate over all epochs; the last epochs, at a small
     # rate, settle the weights (and BatchNorm statistics) that the checkpoint keeps.
@@ -75,6 +77,8 @@ class TrainConfig:
             raise ValueError(f"--model must be one of {iqa_models.MODEL_NAMES}, got {self.model!r}.")
         if self.robust not in (None, *ROBUST_MODES):
             raise ValueError(f"--robust must be one of {ROBUST_MODES}, got {self.robust!r}.")
+        if self.augment not in iqa_data.AUGMENTATIONS:
+            raise ValueError(f"--augment must be one of {iqa_data.AUGMENTATIONS[1:]} or none, got {self.augment!r}.")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"--lr-schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}.")
         if self.loss not in LOSSES:
@@ -171,6 +175,7 @@ def load_datasets(config):
     train_ds = iqa_data.make_dataset(
         table, "train", patch_size=config.patch_size, batch_size=config.batch_size,
         training=True, patches_per_image=config.patches_per_image, seed=config.seed,
+        augment=config.augment,
     )
     val_ds = iqa_data.make_dataset(
         table, "val", patch_size=config.patch_size, batch_size=config.batch_size,

@@ -198,6 +198,8 @@ def test_bad_arguments(csv_dir):
         make_dataset(table, "train", training=True, patch_size=8, patches_per_image=0)
     with pytest.raises(ValueError, match="patch_size"):
         make_dataset(table, "train", training=True, patch_size=(8, 8, 3))
+    with pytest.raises(ValueError, match="`augment`='rotate'"):
+        make_dataset(table, "train", training=True, patch_size=8, augment="rotate")
 
 
 # --------------------------------------------------------------------------- training
@@ -243,6 +245,36 @@ def test_training_is_deterministic_given_the_seed(csv_dir, cache):
     assert not np.array_equal(a1, a2), "every epoch should draw new crops and order"
     c1, _ = epochs(1)
     assert not np.array_equal(a1, c1)
+
+
+def symmetries(patch):
+    """The 8 symmetries of a square patch: 4 rotations, each also flipped left-right."""
+    turns = [np.rot90(patch, k) for k in range(4)]
+    return turns + [t[:, ::-1] for t in turns]
+
+
+@pytest.mark.parametrize("augment", ["flip", "dihedral"])
+def test_augmented_patches_are_symmetries_of_the_same_crops(csv_dir, augment):
+    table = read_csv(csv_dir)
+
+    def patches(augment, seed=3):
+        ds = make_dataset(table, "train", patch_size=12, batch_size=64, training=True,
+                          patches_per_image=24, seed=seed, augment=augment, shuffle=False)
+        return np.concatenate(collect(ds)[0])
+
+    plain, augmented = patches(None), patches(augment)
+    # Same seed: the same crops in the same order, only flipped or transposed.
+    allowed = [0, 4] if augment == "flip" else range(8)  # identity, left-right flip
+    seen = set()
+    for p, a in zip(plain, augmented):
+        matches = [k for k in allowed if np.array_equal(symmetries(p)[k], a)]
+        assert matches, "an augmented patch is not a symmetry of its crop"
+        seen.update(matches)
+    # 144 coin tosses: every allowed symmetry turns up (the patches have no symmetry of
+    # their own, so each match is one symmetry).
+    assert seen == set(allowed)
+    np.testing.assert_array_equal(augmented, patches(augment))
+    assert not np.array_equal(augmented, patches(augment, seed=4))
 
 
 def test_training_shuffles_images(csv_dir):

@@ -86,6 +86,7 @@ def test_option_choices_follow_the_library():
     assert choices["loss"] == tuple(LOSSES)
     assert choices["strategy"] == STRATEGIES
     assert choices["dataset"] == tuple(iqa_data.READERS)
+    assert choices["augment"] == ("none", *iqa_data.AUGMENTATIONS[1:])
 
 
 def test_every_option_reaches_the_config(monkeypatch, capsys, tmp_path):
@@ -99,7 +100,7 @@ def test_every_option_reaches_the_config(monkeypatch, capsys, tmp_path):
     expected = TrainConfig(
         dataset="csv", data_dir="data/mine", model="resnet50", robust="insert",
         weights="imagenet", init_from="runs/base", epochs=3, batch_size=7, patch_size=48,
-        patches_per_image=2, learning_rate=0.01, lr_schedule="constant", loss="plcc", patience=2, seed=5,
+        patches_per_image=2, augment="dihedral", learning_rate=0.01, lr_schedule="constant", loss="plcc", patience=2, seed=5,
         strategy="mirrored", defense="nt", defense_eps=8 / 255, nt_lambda=0.01, nt_h=0.001,
     )
     default = TrainConfig()

@@ -320,6 +320,7 @@ def test_cosine_schedule_decays_over_all_epochs_and_constant_does_not():
         ("robust", "partly", "--robust"),
         ("loss", "huber", "--loss"),
         ("lr_schedule", "step", "--lr-schedule"),
+        ("augment", "rotate", "--augment"),
         ("strategy", "tpu", "--strategy"),
         ("learning_rate", -1e-3, "--learning-rate"),
         ("learning_rate", 0.0, "--learning-rate"),
