@@ -62,11 +62,11 @@ def label_lipschitz(table, split=None, top=5):
                 f"{table.absolute_path(rows[j])} is {images[j].shape[:2]}")
         shapes |= sizes
         flat = np.stack([im.reshape(-1) for im in images]).astype(np.float64)
-        # Squared distances from the Gram matrix, in float64: close pairs keep their digits.
+        # Distances from the Gram matrix: one product for all pairs. It rounds (about 1e-6
+        # here), so pairs that close get the direct difference.
         sq = np.sum(flat * flat, axis=1)
         dist = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2.0 * flat @ flat.T, 0.0))
         a, b = np.triu_indices(len(rows), k=1)
-        # The Gram form rounds (about 1e-6 here); pairs that close get the direct difference.
         for i, j in zip(a, b):
             if dist[i, j] < 1e-3:
                 dist[i, j] = np.linalg.norm(flat[i] - flat[j])
@@ -82,6 +82,8 @@ def label_lipschitz(table, split=None, top=5):
         pairs += [(rows[i], rows[j], g, d) for i, j, g, d in
                   zip(a[keep], b[keep], gap[keep], dist[a, b][keep])]
     ratios = np.concatenate(ratios)
+    if not len(ratios):
+        raise ValueError(f"{table.name}: every pair of one reference has identical pixels")
     order = np.argsort(-ratios)[:top]
     return {
         "lipschitz": float(ratios[order[0]]),

@@ -72,3 +72,5 @@ def test_bad_tables_are_named(fixture, tmp_path):
     same = write(root, "u_copy.png", np.asarray(Image.open(root / "u.png")))
     with pytest.raises(ValueError, match=r"u\.png and .*u_copy\.png have the same pixels and different MOS"):
         label_lipschitz(table_of(root, [rows[0], (same, 50.0, "a")]))
+    with pytest.raises(ValueError, match="every pair of one reference has identical pixels"):
+        label_lipschitz(table_of(root, [rows[0], (same, 100.0, "a")]))
