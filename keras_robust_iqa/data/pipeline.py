@@ -108,8 +108,8 @@ def make_dataset(table: IQATable, split: str | None, *, patch_size=64, batch_siz
             TensorFlow's global seed, if one is set). ``False``: deterministic; a centre
             crop of ``crop_size`` when given, else the full image.
         augment: training patches only. ``"flip"``: a random horizontal flip;
-            ``"dihedral"``: one of the 8 symmetries of the square (flips, transposes), for
-            distortions that have no orientation (synthetic sets, the built-in one; the
+            ``"dihedral"``: one of the 8 symmetries of the square (flips, and transposes
+            when the patch is square), for distortions that have no orientation (synthetic sets, the built-in one; the
             built-in labels, MS-SSIM, do not change under them). ``None``: as cropped.
         shuffle: defaults to ``training``. Eval data can be shuffled (seeded) too.
         cache: ``True`` keeps the encoded files in memory after the first epoch (decoding
