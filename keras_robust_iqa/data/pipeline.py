@@ -109,8 +109,9 @@ def make_dataset(table: IQATable, split: str | None, *, patch_size=64, batch_siz
             crop of ``crop_size`` when given, else the full image.
         augment: training patches only. ``"flip"``: a random horizontal flip;
             ``"dihedral"``: one of the 8 symmetries of the square (flips, and transposes
-            when the patch is square), for distortions that have no orientation (synthetic sets, the built-in one; the
-            built-in labels, MS-SSIM, do not change under them). ``None``: as cropped.
+            when the patch is square), for distortions that have no orientation (synthetic
+            sets, the built-in one: its MS-SSIM labels do not change under them).
+            ``None``: as cropped.
         shuffle: defaults to ``training``. Eval data can be shuffled (seeded) too.
         cache: ``True`` keeps the encoded files in memory after the first epoch (decoding
             still runs per epoch: decoded KonIQ would not fit in memory); a string is a

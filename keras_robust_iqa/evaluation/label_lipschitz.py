@@ -50,8 +50,9 @@ def label_lipschitz(table, split=None, top=5):
             f"{table.name}: no two images share a reference (column `refs`), so there are no "
             f"pairs of one content to compare")
     y = table.normalize(table.mos)
-    ratios, pairs, shapes = [], [], set()
+    first, second, gaps, distances, shapes = [], [], [], [], set()
     for rows in groups.values():
+        rows = np.asarray(rows)
         images = list(iter_images(table, rows))
         sizes = {im.shape for im in images}
         if len(sizes) > 1:
@@ -65,25 +66,26 @@ def label_lipschitz(table, split=None, top=5):
         # Distances from the Gram matrix: one product for all pairs. It rounds (about 1e-6
         # here), so pairs that close get the direct difference.
         sq = np.sum(flat * flat, axis=1)
-        dist = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2.0 * flat @ flat.T, 0.0))
         a, b = np.triu_indices(len(rows), k=1)
-        for i, j in zip(a, b):
-            if dist[i, j] < 1e-3:
-                dist[i, j] = np.linalg.norm(flat[i] - flat[j])
-        gap = np.abs(y[rows][a] - y[rows][b])
-        keep = dist[a, b] > 0  # identical pixels: a contradiction only if the labels differ
+        dist = np.sqrt(np.maximum(sq[a] + sq[b] - 2.0 * (flat @ flat.T)[a, b], 0.0))
+        for k in np.flatnonzero(dist < 1e-3):
+            dist[k] = np.linalg.norm(flat[a[k]] - flat[b[k]])
+        gap = np.abs(y[rows[a]] - y[rows[b]])
+        keep = dist > 0  # identical pixels: a contradiction only if the labels differ
         if np.any(~keep & (gap > 0)):
             k = int(np.flatnonzero(~keep & (gap > 0))[0])
             raise ValueError(
                 f"{table.name}: {table.absolute_path(rows[a[k]])} and "
                 f"{table.absolute_path(rows[b[k]])} have the same pixels and different MOS: "
                 f"no model can fit both")
-        ratios.append(gap[keep] / dist[a, b][keep])
-        pairs += [(rows[i], rows[j], g, d) for i, j, g, d in
-                  zip(a[keep], b[keep], gap[keep], dist[a, b][keep])]
-    ratios = np.concatenate(ratios)
-    if not len(ratios):
+        first.append(rows[a[keep]])
+        second.append(rows[b[keep]])
+        gaps.append(gap[keep])
+        distances.append(dist[keep])
+    first, second, gaps, distances = map(np.concatenate, (first, second, gaps, distances))
+    if not len(gaps):
         raise ValueError(f"{table.name}: every pair of one reference has identical pixels")
+    ratios = gaps / distances
     order = np.argsort(-ratios)[:top]
     return {
         "lipschitz": float(ratios[order[0]]),
@@ -91,8 +93,8 @@ def label_lipschitz(table, split=None, top=5):
         "pairs": int(len(ratios)),
         "image_shape": sorted(shapes)[0] if len(shapes) == 1 else None,
         "hardest": [
-            {"paths": [table.paths[pairs[k][0]], table.paths[pairs[k][1]]],
-             "mos_gap": float(pairs[k][2]), "distance": float(pairs[k][3]),
+            {"paths": [table.paths[first[k]], table.paths[second[k]]],
+             "mos_gap": float(gaps[k]), "distance": float(distances[k]),
              "ratio": float(ratios[k])}
             for k in order
         ],

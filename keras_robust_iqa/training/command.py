@@ -4,6 +4,7 @@ import argparse
 
 
 def add_parser(subparsers):
+    from keras_robust_iqa.data import AUGMENTATIONS
     from keras_robust_iqa.training.trainer import DEFENSES, LOSSES, LR_SCHEDULES, ROBUST_MODES, STRATEGIES, TrainConfig
 
     d = TrainConfig()
@@ -33,7 +34,7 @@ def add_parser(subparsers):
                    f"patch scores (default: {d.patch_size})")
     p.add_argument("--patches-per-image", type=int, default=d.patches_per_image,
                    help=f"random patches per training image and epoch (default: {d.patches_per_image})")
-    p.add_argument("--augment", default=d.augment or "none", choices=("none", "flip", "dihedral"),
+    p.add_argument("--augment", default=d.augment or "none", choices=("none", *AUGMENTATIONS[1:]),
                    help="random symmetries of the training patches: flip (left-right), dihedral "
                    "(flips and transposes: the 8 symmetries of a square, for distortions with no "
                    f"orientation, as in the built-in set) (default: {d.augment or 'none'})")
