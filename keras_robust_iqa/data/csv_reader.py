@@ -1,10 +1,11 @@
-"""Generic CSV datasets: ``path, mos[, split][, ref]`` with a header.
+"""Generic CSV datasets: ``path, mos[, split][, ref][, distortion]`` with a header.
 
 Paths are relative to the CSV's folder. ``split`` (train/val/test, also
 training/validation/valid/testing) is optional: without it rows are split 70/10/20 from
 the seed by ``ref`` when that column exists (keep versions of one source together), else
 by image. The scale is ``mos_range=`` when given (scores outside it are errors), else the
-observed minimum and maximum.
+observed minimum and maximum. ``distortion`` (optional) names each row's distortion type,
+for per-distortion correlations.
 """
 
 from __future__ import annotations
@@ -35,14 +36,14 @@ def resolve_csv(path) -> Path:
 
 def read_csv(csv_path, *, on_error: str = "raise", seed: int = 0, min_size=None,
              check_images: bool = True, mos_range=None, name: str | None = None) -> IQATable:
-    """Read a generic ``path, mos[, split][, ref]`` CSV (or a folder holding ``mos.csv``)."""
+    """Read a generic ``path, mos[, split][, ref][, distortion]`` CSV (or a folder holding ``mos.csv``)."""
     check_on_error(on_error)
     if mos_range is not None:
         mos_range = (float(mos_range[0]), float(mos_range[1]))
         if not mos_range[0] < mos_range[1]:
             raise ValueError(f"mos_range must be (lo, hi) with lo < hi, got {mos_range}")
     meta = resolve_csv(csv_path)
-    index, records = read_csv_rows(meta, required=("path", "mos"), optional=("split", "ref"))
+    index, records = read_csv_rows(meta, required=("path", "mos"), optional=("split", "ref", "distortion"))
     has_split, has_ref = "split" in index, "ref" in index
     assign = {}
     if not has_split:
@@ -63,7 +64,7 @@ def read_csv(csv_path, *, on_error: str = "raise", seed: int = 0, min_size=None,
             if has_ref and ref is None:
                 problem = "missing ref (needed for the split by ref)"
         rows.append(RawRow(meta, line, rec["path"], rec["mos"], split=split, ref=ref,
-                           problem=problem))
+                           problem=problem, distortion=rec.get("distortion") or None))
     return finalize(name or meta.stem, meta.parent, rows, on_error=on_error, image_dir="",
                     mos_range=mos_range, min_size=min_size, check_images=check_images,
                     meta_file=meta)

@@ -32,6 +32,10 @@ class IQATable:
         skipped: ``(file, row, reason)`` for each row dropped under ``on_error="skip"``.
         sizes: optional ``(N, 2)`` int array of image ``(height, width)`` when the reader
             opened the images; the pipeline uses it to avoid re-reading headers.
+        distortions: optional distortion type per row (``"jpeg"``, ``"gaussian blur"``,
+            ...) for the synthetic datasets that record one (KADID-10k, TID2013, the
+            built-in set, a CSV with a ``distortion`` column), ``None`` for the authentic ones;
+            per-distortion correlations are computed from it.
     """
 
     name: str
@@ -43,6 +47,7 @@ class IQATable:
     mos_range: tuple[float, float]
     skipped: tuple[tuple[str, int | None, str], ...] = ()
     sizes: np.ndarray | None = None
+    distortions: np.ndarray | None = None
 
     def __post_init__(self):
         def set_(key, value):  # the dataclass is frozen; normalise fields once here
@@ -61,7 +66,9 @@ class IQATable:
         n = len(self.paths)
         if self.sizes is not None:
             set_("sizes", _frozen_array(self.sizes, np.int64).reshape(n, 2))
-        for field in ("mos", "splits", "refs"):
+        if self.distortions is not None:
+            set_("distortions", _frozen_array(self.distortions, str).reshape(-1))
+        for field in ("mos", "splits", "refs") + (("distortions",) if self.distortions is not None else ()):
             if len(getattr(self, field)) != n:
                 raise ValueError(f"{field} has {len(getattr(self, field))} rows, paths has {n}")
         bad = sorted(set(self.splits.tolist()) - set(SPLITS))
@@ -85,6 +92,7 @@ class IQATable:
             splits=self.splits[idx],
             refs=self.refs[idx],
             sizes=None if self.sizes is None else self.sizes[idx],
+            distortions=None if self.distortions is None else self.distortions[idx],
         )
 
     def subset(self, split: str) -> "IQATable":

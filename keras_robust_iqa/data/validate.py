@@ -44,7 +44,8 @@ class RawRow:
     ``row`` is 1-based as in ``file``; ``mos_file`` names the file holding the score when it
     differs from the one holding the path (LIVE Challenge keeps them in two .mat files).
     ``problem`` is set by a reader for a format-specific fault (unknown set value, malformed
-    line); it is reported with the others, in row order.
+    line); it is reported with the others, in row order. ``distortion`` is the row's
+    distortion type, for datasets that record one.
     """
 
     file: Path
@@ -55,6 +56,7 @@ class RawRow:
     ref: str | None = None
     mos_file: Path | None = None
     problem: str | None = None
+    distortion: str | None = None
 
 
 class Reporter:
@@ -405,6 +407,8 @@ def finalize(name: str, root: Path, rows: list[RawRow], *, on_error: str = "rais
                       f"first: {f}, row {row}: {reason}. See table.skipped for all.",
                       DataWarning, stacklevel=3)
     have_sizes = all(s is not None for s in sizes)
+    # A distortion column when the reader gave one: all rows or none (a CSV cell may be empty).
+    has_distortion = any(r.distortion is not None for r in rows)
     return IQATable(
         name=name,
         root=root,
@@ -415,4 +419,6 @@ def finalize(name: str, root: Path, rows: list[RawRow], *, on_error: str = "rais
         mos_range=mos_range,
         skipped=skipped,
         sizes=np.array(sizes, dtype=np.int64).reshape(-1, 2) if have_sizes else None,
+        distortions=np.array([r.distortion or "" for r, _, _ in final], dtype=str)
+        if has_distortion else None,
     )

@@ -9,7 +9,7 @@ from keras_robust_iqa.evaluation.certified import certified_bounds_or_none
 from keras_robust_iqa.evaluation.scores import minmax_scale, robustness_scores
 from keras_robust_iqa.models.lipschitz import lipschitz_bound
 from keras_robust_iqa.models.patches import score_images
-from keras_robust_iqa.training.correlation import correlations
+from keras_robust_iqa.training.correlation import correlations, correlations_by_distortion
 
 # Attacks learned on training images once per model, then applied at every budget.
 LEARNED = {"uap": "plain", "cumulative_uap": "cumulative", "generative_uap": "generative", "facpa": None}
@@ -30,7 +30,8 @@ def attack_key(name, eps, norm="linf"):
 
 
 def evaluate_model(model, images, mos, *, attacks=None, eps=(4 / 255,), l2_eps=(1.0,),
-                   train_images=None, transfer_source=None, batch_size=8, seed=0, verbose=1):
+                   train_images=None, transfer_source=None, distortions=None, batch_size=8, seed=0,
+                   verbose=1):
     """Clean accuracy, then every attack at every budget, scored.
 
     Args:
@@ -43,6 +44,9 @@ def evaluate_model(model, images, mos, *, attacks=None, eps=(4 / 255,), l2_eps=(
         l2_eps: L2 radii for `pgd_l2` (whole image).
         train_images: images the UAP variants and FACPA learn on (a training split).
         transfer_source: the model `transfer` crafts its perturbations on.
+        distortions: the distortion type of each image (optional): the clean
+            correlations and each attack's gain are then also given per type
+            (`by_distortion`, `abs_gain_by_distortion`).
 
     Returns:
         `(entry, details)`: the model's `report.json` entry and, per attack key,
@@ -58,6 +62,10 @@ def evaluate_model(model, images, mos, *, attacks=None, eps=(4 / 255,), l2_eps=(
     if "transfer" in attacks and transfer_source is None:
         raise ValueError("The transfer attack needs a `transfer_source` model.")
     images = images if isinstance(images, np.ndarray) else list(images)
+    if distortions is not None:
+        distortions = np.asarray(distortions, dtype=str).reshape(-1)
+        if distortions.size != len(images):
+            raise ValueError(f"distortions has {distortions.size} entries for {len(images)} images.")
     shapes = [np.shape(image) for image in images]
     clean = score_images(model, images)
     entry = {
@@ -67,6 +75,8 @@ def evaluate_model(model, images, mos, *, attacks=None, eps=(4 / 255,), l2_eps=(
         "images": len(images),
         "attacks": {},
     }
+    if distortions is not None:
+        entry["clean"]["by_distortion"] = correlations_by_distortion(clean, mos, distortions)
     details = {}
     options = {"batch_size": batch_size, "verbose": verbose}
     for name in attacks:
@@ -94,6 +104,11 @@ def evaluate_model(model, images, mos, *, attacks=None, eps=(4 / 255,), l2_eps=(
             key = attack_key(name, budget, norm)
             entry["attacks"][key] = result
             details[key] = minmax_scale(clean, attacked)
+            if distortions is not None:
+                gains = details[key][1] - details[key][0]
+                result["abs_gain_by_distortion"] = {
+                    kind: float(np.mean(gains[distortions == kind]))
+                    for kind in sorted(set(distortions.tolist()) - {""})}
     return entry, details
 
 

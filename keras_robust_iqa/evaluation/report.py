@@ -72,7 +72,24 @@ def markdown_table(report):
         for attack, result in entry["attacks"].items():
             cells = [_cell(key, result.get(key), result.get("norm", "linf")) for _, key in _COLUMNS]
             lines.append("| " + " | ".join([name, result.get("attack", attack), *cells]) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _distortion_table(report)) + "\n"
+
+
+def _distortion_table(report):
+    """Clean SROCC within each distortion type, a column per model (when the data has types)."""
+    by_model = {name: entry["clean"]["by_distortion"] for name, entry in report["models"].items()
+                if "by_distortion" in entry["clean"]}
+    kinds = sorted({kind for groups in by_model.values() for kind in groups})
+    if not kinds:
+        return []
+    lines = ["", "## Clean SROCC by distortion type", "",
+             "| distortion | images | " + " | ".join(by_model) + " |", "|" + "---|" * (len(by_model) + 2)]
+    for kind in kinds:
+        groups = [g.get(kind) for g in by_model.values()]
+        images = next(g["images"] for g in groups if g)
+        lines.append(f"| {kind} | {images} | " + " | ".join(_cell("srocc", g["srocc"]) if g else "-" for g in groups)
+                     + " |")
+    return lines
 
 
 def _pyplot():

@@ -71,11 +71,12 @@ def evaluate_runs(runs, out, *, attacks=None, eps=(4 / 255,), l2_eps=(1.0,), ima
         key = (config["dataset"], config.get("data_dir"), int(config["patch_size"]))
         if key not in splits:
             splits[key] = _load_split(*key, images, train_images if set(attacks) & set(LEARNED) else None)
-        test_images, mos, train = splits[key]
+        test_images, mos, distortions, train = splits[key]
         source = source_model or next((models[other] for other in runs if other != run), None)
         entry, details[names[run]] = evaluate_model(
             models[run], test_images, mos, attacks=attacks, eps=eps, l2_eps=l2_eps, train_images=train,
-            transfer_source=source, batch_size=batch_size, seed=seed, verbose=verbose,
+            transfer_source=source, distortions=distortions, batch_size=batch_size, seed=seed,
+            verbose=verbose,
         )
         report["models"][names[run]] = {"run": run, **entry}
     write_report(report, out, details)
@@ -91,7 +92,8 @@ def _names(runs):
 
 
 def _load_split(dataset, data_dir, patch_size, images, train_images):
-    """Test images and their normalised MOS, and training images when asked for."""
+    """Test images, their normalised MOS and distortion types (or None), and training images
+    when asked for."""
     table = iqa_data.load_table(dataset, data_dir, min_size=patch_size)
     test = table.subset("test")
     count = len(test) if images is None else min(images, len(test))
@@ -100,11 +102,12 @@ def _load_split(dataset, data_dir, patch_size, images, train_images):
     rows = _spread(len(test), count)
     test_images = iqa_data.load_images(test, rows)
     mos = test.normalize(test.mos)[rows]
+    distortions = None if test.distortions is None else test.distortions[rows]
     train = None
     if train_images is not None:
         split = table.subset("train")
         train = iqa_data.load_images(split, _spread(len(split), min(train_images, len(split))))
-    return test_images, mos, train
+    return test_images, mos, distortions, train
 
 
 def _spread(total, count):

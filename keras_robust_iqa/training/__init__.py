@@ -3,6 +3,7 @@
 from keras_robust_iqa.training.calibration import calibrate_to_mos
 from keras_robust_iqa.training.correlation import (
     correlations,
+    correlations_by_distortion,
     fit_logistic4,
     krcc,
     logistic4,
@@ -23,6 +24,7 @@ __all__ = [
     "plcc",
     "krcc",
     "correlations",
+    "correlations_by_distortion",
     "logistic4",
     "fit_logistic4",
     # Keras metrics

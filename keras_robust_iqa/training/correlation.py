@@ -35,6 +35,7 @@ __all__ = [
     "plcc",
     "krcc",
     "correlations",
+    "correlations_by_distortion",
     "logistic4",
     "fit_logistic4",
 ]
@@ -181,3 +182,26 @@ def correlations(pred, mos, plcc_fit: str = "none") -> dict:
         "plcc": plcc(pred, mos, fit=plcc_fit),
         "krcc": krcc(pred, mos),
     }
+
+
+def correlations_by_distortion(pred, mos, distortions, plcc_fit: str = "none",
+                               min_images: int = 3) -> dict:
+    """:func:`correlations` within each distortion type, as IQA papers report them.
+
+    Returns ``{type: {"srocc", "plcc", "krcc", "images"}}`` in sorted order, for every type
+    with at least ``min_images`` images whose MOS are not all equal: a pristine group (every
+    reference at the top of the scale) or an unnamed one (``""``) has no correlation.
+    """
+    pred = np.asarray(pred, dtype=np.float64).reshape(-1)
+    mos = np.asarray(mos, dtype=np.float64).reshape(-1)
+    distortions = np.asarray(distortions, dtype=str).reshape(-1)
+    if not pred.size == mos.size == distortions.size:
+        raise ValueError(f"pred, mos and distortions must hold as many values, got "
+                         f"{pred.size}, {mos.size} and {distortions.size}")
+    result = {}
+    for kind in sorted(set(distortions.tolist()) - {""}):
+        rows = distortions == kind
+        if rows.sum() < min_images or np.ptp(mos[rows]) == 0:
+            continue
+        result[kind] = correlations(pred[rows], mos[rows], plcc_fit) | {"images": int(rows.sum())}
+    return result

@@ -27,7 +27,7 @@ from keras_robust_iqa import models as iqa_models
 from keras_robust_iqa.training import losses as iqa_losses
 from keras_robust_iqa.training.calibration import CORRELATION_LOSSES, calibrate_to_mos
 from keras_robust_iqa.training.callbacks import WholeImageValidation
-from keras_robust_iqa.training.correlation import correlations
+from keras_robust_iqa.training.correlation import correlations, correlations_by_distortion
 from keras_robust_iqa.training.defenses import DEFENSES, InnerModelCheckpoint, defend
 from keras_robust_iqa.training.metrics import KRCC, PLCC, SROCC
 
@@ -161,11 +161,15 @@ def compile_model(model, config, steps_per_epoch=None):
 
 
 def evaluate_images(model, table, split):
-    """SROCC / PLCC / KRCC of patch-averaged scores on whole images of a split."""
+    """SROCC / PLCC / KRCC of patch-averaged scores on whole images of a split, and within
+    each distortion type (`by_distortion`) when the dataset records them."""
     subset = table.subset(split)
     predictions = iqa_models.score_images(model, iqa_data.iter_images(subset))
-    result = correlations(predictions, subset.normalize(subset.mos))
+    mos = subset.normalize(subset.mos)
+    result = correlations(predictions, mos)
     result["images"] = len(subset)
+    if subset.distortions is not None:
+        result["by_distortion"] = correlations_by_distortion(predictions, mos, subset.distortions)
     return result
 
 

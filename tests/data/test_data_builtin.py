@@ -38,6 +38,7 @@ def test_composition(builtin_cache, builtin_table):
     assert builtin_table.name == "builtin" and builtin_table.mos_range == (0.0, 100.0)
     assert builtin_table.sizes.tolist() == [[BUILTIN_SIZE, BUILTIN_SIZE]] * len(rows)
     assert builtin_table.refs.tolist() == [r["ref"] for r in rows]
+    assert builtin_table.distortions.tolist() == [r["distortion"] for r in rows]
     mos = builtin_table.mos
     assert mos.min() >= 0.0 and mos.max() <= 100.0
     pristine = np.array([r["distortion"] == "pristine" for r in rows])

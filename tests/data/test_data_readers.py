@@ -82,6 +82,20 @@ def test_kadid10k_split_does_not_depend_on_row_order(kadid_dir):
     assert dict(zip(before.paths, before.splits)) == dict(zip(after.paths, after.splits))
 
 
+def test_kadid10k_distortion_type_from_image_name(kadid_dir):
+    t = read_kadid10k(kadid_dir)
+    # The fixture has distortions 01 and 02 of each reference: gaussian and lens blur.
+    expected = ["gaussian blur" if p.split("_")[1] == "01" else "lens blur" for p in t.paths]
+    assert t.distortions.tolist() == expected
+    test = t.subset("test")
+    assert test.distortions.tolist() == [e for e, s in zip(expected, t.splits) if s == "test"]
+    from keras_robust_iqa.data.kadid10k import DISTORTIONS, distortion_of
+
+    assert len(DISTORTIONS) == 25 and distortion_of("I81_25_05.png") == "contrast change"
+    assert distortion_of("I01_10_05.png") == "jpeg" and distortion_of("I01_09_05.png") == "jpeg2000"
+    assert distortion_of("I01_26_01.png") == "" and distortion_of("other.png") == ""
+
+
 def test_livec_drops_training_images_and_reads_mat(livec_dir):
     t = _no_warnings(read_livec, livec_dir)
     assert t.name == "livec" and len(t) == 13 and t.mos_range == (0.0, 100.0)
@@ -118,6 +132,16 @@ def test_tid2013_reference_prefix_case_insensitive(tid_dir):
     for ref in set(t.refs.tolist()):
         assert len(set(t.splits[t.refs == ref].tolist())) == 1
     np.testing.assert_allclose(t.mos[:3], [0.3, 0.6, 0.9])
+
+
+def test_tid2013_distortion_type_from_image_name(tid_dir):
+    t = read_tid2013(tid_dir)
+    expected = ["additive gaussian noise" if p.split("_")[2] == "01"
+                else "additive noise in color components" for p in t.paths]
+    assert t.distortions.tolist() == expected
+    from keras_robust_iqa.data.tid2013 import DISTORTIONS
+
+    assert len(DISTORTIONS) == 24 and DISTORTIONS[9] == "jpeg" and DISTORTIONS[16] == "contrast change"
 
 
 def test_tid2013_name_case_differs_from_file(tid_dir):
@@ -183,6 +207,20 @@ def test_generic_csv_split_by_ref_when_no_split_column(tmp_path):
     for ref in set(t.refs.tolist()):
         assert len(set(t.splits[t.refs == ref].tolist())) == 1
     assert set(t.splits.tolist()) == {"train", "val", "test"}
+
+
+def test_generic_csv_distortion_column_is_optional(csv_dir, koniq_dir, livec_dir, spaq_dir):
+    assert read_csv(csv_dir).distortions is None
+    for table in (read_koniq10k(koniq_dir), read_livec(livec_dir), read_spaq(spaq_dir)):
+        assert table.distortions is None  # authentic distortions: no type
+    meta = csv_dir / "mos.csv"
+    lines = meta.read_text().splitlines()
+    kinds = ["blur", "noise", ""] * 3 + ["jpeg"]
+    meta.write_text("\n".join([lines[0] + ",Distortion"]
+                              + [f"{line},{k}" for line, k in zip(lines[1:], kinds)]) + "\n")
+    t = read_csv(meta)
+    assert t.distortions.tolist() == kinds  # an empty cell is no type, not an error
+    assert t.subset("test").distortions.tolist() == kinds[-2:]
 
 
 def test_generic_csv_split_aliases_and_bad_value(csv_dir):

@@ -33,6 +33,11 @@ def test_validation_of_fields():
         make(mos=[1, 2])
     with pytest.raises(ValueError, match="unknown split"):
         make(splits=["train", "valid", "test"])
+    with pytest.raises(ValueError, match="distortions has 2 rows"):
+        make(distortions=["blur", "jpeg"])
+    assert make().distortions is None
+    t = make(distortions=["blur", "jpeg", "noise"])
+    assert t.distortions.tolist() == ["blur", "jpeg", "noise"] and not t.distortions.flags.writeable
 
 
 def test_caller_arrays_are_copied():

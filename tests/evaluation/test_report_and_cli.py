@@ -36,7 +36,9 @@ def test_evaluate_command_writes_the_report(runs, tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert set(report) == {"models"} and set(report["models"]) == {"base", "replace"}
     for name, entry in report["models"].items():
-        assert set(entry["clean"]) == {"srocc", "plcc", "krcc"}
+        # The built-in set records distortion types; 2 images are too few for any type's correlation.
+        assert set(entry["clean"]) == {"srocc", "plcc", "krcc", "by_distortion"}
+        assert entry["clean"]["by_distortion"] == {}
         assert entry["params"] > 0
         assert set(entry["attacks"]) == {"fgsm@2/255", "fgsm@4/255", "transfer@2/255", "transfer@4/255"}
         for result in entry["attacks"].values():
@@ -55,6 +57,33 @@ def test_evaluate_command_writes_the_report(runs, tmp_path, capsys):
     assert "| replace | fgsm | 4/255 |" in table and "| base | clean |" in table
     for png in ("gain_vs_eps.png", "clean_vs_attacked.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_model_by_distortion_type(runs):
+    base = keras.saving.load_model(runs[0] + "/model.keras", safe_mode=True)
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 1, (9, 64, 64, 3)).astype("float32")
+    mos = np.linspace(0.1, 0.9, 9)
+    kinds = np.array(["noise", "blur", "jpeg"] * 3)
+    entry, details = evaluation.evaluate_model(base, images, mos, attacks=["fgsm"], distortions=kinds,
+                                               verbose=0)
+    clean, attacked = details["fgsm@4/255"]
+    by_type = entry["clean"]["by_distortion"]
+    assert list(by_type) == ["blur", "jpeg", "noise"] and all(g["images"] == 3 for g in by_type.values())
+    from keras_robust_iqa.training import correlations_by_distortion
+
+    expected = correlations_by_distortion(clean, mos, kinds)  # MinMax scaling keeps ranks and r
+    for kind, group in by_type.items():
+        assert group == pytest.approx(expected[kind], abs=1e-12)
+    result = entry["attacks"]["fgsm@4/255"]
+    gains = result["abs_gain_by_distortion"]
+    assert gains["jpeg"] == pytest.approx(np.mean((attacked - clean)[kinds == "jpeg"]))
+    assert np.mean(list(gains.values())) == pytest.approx(result["abs_gain"])  # equal-sized groups
+    table = evaluation.markdown_table({"models": {"base": entry}})
+    assert "## Clean SROCC by distortion type" in table
+    assert f"| jpeg | 3 | {by_type['jpeg']['srocc']:.4g} |" in table
+    with pytest.raises(ValueError, match="distortions has 8 entries for 9 images"):
+        evaluation.evaluate_model(base, images, mos, attacks=["fgsm"], distortions=kinds[:8], verbose=0)
 
 
 @pytest.mark.parametrize(

@@ -87,6 +87,26 @@ def test_correlation_length_mismatch_raises():
         corr.srocc([1, 2, 3], [1, 2])
 
 
+def test_correlations_by_distortion_groups_like_scipy():
+    rng = np.random.default_rng(3)
+    kinds = np.array(["jpeg"] * 6 + ["blur"] * 5 + ["pristine"] * 4 + ["noise"] * 2 + [""] * 3)
+    mos = rng.uniform(0, 1, kinds.size)
+    mos[kinds == "pristine"] = 1.0  # every reference at the top: no ranking to score
+    pred = mos + rng.normal(0, 0.3, kinds.size)
+    result = corr.correlations_by_distortion(pred, mos, kinds)
+    # "noise" has 2 images (< 3), "" names no type, "pristine" has constant MOS.
+    assert list(result) == ["blur", "jpeg"]
+    for kind in result:
+        rows = kinds == kind
+        assert result[kind]["images"] == rows.sum()
+        assert result[kind]["srocc"] == pytest.approx(ss.spearmanr(pred[rows], mos[rows])[0], abs=1e-12)
+        assert result[kind]["plcc"] == pytest.approx(ss.pearsonr(pred[rows], mos[rows])[0], abs=1e-12)
+        assert result[kind]["krcc"] == pytest.approx(ss.kendalltau(pred[rows], mos[rows])[0], abs=1e-12)
+    assert list(corr.correlations_by_distortion(pred, mos, kinds, min_images=2)) == ["blur", "jpeg", "noise"]
+    with pytest.raises(ValueError, match="20, 20 and 19"):
+        corr.correlations_by_distortion(pred, mos, kinds[:-1])
+
+
 def test_plcc_logistic4_fit():
     rng = np.random.default_rng(3)
     pred = rng.uniform(-3, 3, 300)

@@ -27,9 +27,11 @@ import textwrap
 import keras
 import numpy as np
 import pytest
+import scipy.stats
 
 from keras_robust_iqa import data as iqa_data
 from keras_robust_iqa import layers as robust_layers
+from keras_robust_iqa import models as iqa_models
 from keras_robust_iqa.data.builtin import builtin_folder
 from keras_robust_iqa.models import lipschitz_bound
 from keras_robust_iqa.training.trainer import TrainConfig, build, compile_model, load_run_model, train
@@ -173,6 +175,16 @@ def test_base_run_writes_the_run_folder(base_run, small_builtin):
     # The test split holds whole images, scored by averaging the (64/32)^2 patches.
     table = iqa_data.load_table("builtin", config["data_dir"])
     assert metrics["test"]["images"] == len(table.subset("test"))
+    # Within each distortion type, the correlations of that type's images alone (the
+    # pristine crops, all at MOS 100, have none).
+    test = table.subset("test")
+    by_type = metrics["test"]["by_distortion"]
+    assert set(by_type) == set(test.distortions.tolist()) - {"pristine"}
+    scores = iqa_models.score_images(model, iqa_data.iter_images(test))
+    rows = test.distortions == "jpeg"
+    assert by_type["jpeg"]["images"] == rows.sum()
+    assert by_type["jpeg"]["srocc"] == pytest.approx(
+        scipy.stats.spearmanr(scores[rows], test.mos[rows])[0], abs=1e-6)
 
 
 def test_init_from_loads_the_run_model(base_run):
