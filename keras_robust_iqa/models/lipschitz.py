@@ -32,6 +32,8 @@ def layer_lipschitz(layer):
     """L2 Lipschitz constant of one single-input layer (at inference)."""
     if isinstance(layer, _ONE_LIPSCHITZ):
         return 1.0
+    if isinstance(layer, (keras.layers.ReLU, keras.layers.LeakyReLU)):
+        return _relu_lipschitz(layer)
     if isinstance(layer, robust_layers.GlobalL2NormPooling2D):
         return layer.lipschitz_constant(layer.input.shape)
     if isinstance(layer, robust_layers.OutputScale):
@@ -49,6 +51,21 @@ def layer_lipschitz(layer):
         "Lipschitz constant is not bounded by construction. Certify a model made with "
         "robustify(model, mode='replace')."
     )
+
+
+def _relu_lipschitz(layer):
+    """A (leaky, capped) ReLU's slopes are 1, 0 and `negative_slope`: the largest bounds it.
+
+    A nonzero `threshold` makes a keras `ReLU` jump at the threshold (from 0 to
+    `threshold`): no Lipschitz constant at all.
+    """
+    slope = abs(float(getattr(layer, "negative_slope", 0.0) or 0.0))
+    if float(getattr(layer, "threshold", 0.0) or 0.0) != 0.0:
+        raise ValueError(
+            f"lipschitz_bound cannot certify layer '{layer.name}' (ReLU with threshold="
+            f"{layer.threshold}): it jumps at the threshold, so no Lipschitz constant holds."
+        )
+    return max(1.0, slope)
 
 
 def lipschitz_bound(model, image_shape=None):

@@ -14,7 +14,7 @@ import json
 import sys
 
 from keras_robust_iqa.models import MODEL_NAMES
-from keras_robust_iqa.training.trainer import ROBUST_MODES, train
+from keras_robust_iqa.training.trainer import ROBUST_ACTIVATIONS, ROBUST_MODES, train
 
 
 def recipe_parser(config, description=None):
@@ -35,6 +35,9 @@ def recipe_parser(config, description=None):
                         choices=("none", *ROBUST_MODES),
                         help=f"RobustBlocks: insert after each stage, or replace every layer "
                         f"(default: {config.robust or 'none'})")
+    parser.add_argument("--robust-activation", default=config.robust_activation,
+                        choices=ROBUST_ACTIVATIONS,
+                        help=f"activation of replace models (default: {config.robust_activation})")
     parser.add_argument("--init-from", metavar="RUN", default=config.init_from,
                         help="start from the model of this run folder (e.g. robustify a "
                         "trained base model)")
@@ -65,7 +68,8 @@ def _apply(config, args):
     # Pretrained weights are the backbones'; the small model always starts from scratch.
     weights = config.weights if args.model != "small" else None
     config = dataclasses.replace(config, data_dir=args.data_dir, model=args.model, robust=robust,
-                                 weights=weights, init_from=args.init_from)
+                                 robust_activation=args.robust_activation, weights=weights,
+                                 init_from=args.init_from)
     out = args.out or f"runs/{config.dataset}-{config.model}" + (f"-{robust}" if robust else "")
     return config, out
 

@@ -38,6 +38,7 @@ LOSSES = {
     "rank": lambda: iqa_losses.PairwiseRankLoss(),
 }
 ROBUST_MODES = ("insert", "replace")
+ROBUST_ACTIVATIONS = iqa_models.ROBUST_ACTIVATIONS
 STRATEGIES = ("auto", "none", "mirrored", "multiworker")
 LR_SCHEDULES = ("cosine", "constant")
 
@@ -50,6 +51,8 @@ class TrainConfig:
     data_dir: str | None = None
     model: str = "small"
     robust: str | None = None
+    # The activation of `replace` models (models.robustify's `activation`).
+    robust_activation: str = "groupsort"
     weights: str | None = None
     init_from: str | None = None
     epochs: int = 30
@@ -77,6 +80,12 @@ class TrainConfig:
             raise ValueError(f"--model must be one of {iqa_models.MODEL_NAMES}, got {self.model!r}.")
         if self.robust not in (None, *ROBUST_MODES):
             raise ValueError(f"--robust must be one of {ROBUST_MODES}, got {self.robust!r}.")
+        if self.robust_activation not in ROBUST_ACTIVATIONS:
+            raise ValueError(f"--robust-activation must be one of {ROBUST_ACTIVATIONS}, "
+                             f"got {self.robust_activation!r}.")
+        if self.robust_activation != "groupsort" and self.robust != "replace":
+            raise ValueError(f"--robust-activation {self.robust_activation} needs --robust replace "
+                             f"(insert's RobustBlocks use GroupSort), got --robust {self.robust}.")
         if self.augment not in iqa_data.AUGMENTATIONS:
             raise ValueError(f"--augment must be one of {iqa_data.AUGMENTATIONS[1:]} or none, got {self.augment!r}.")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -139,7 +148,8 @@ def build(config):
     else:
         model = iqa_models.build_model(config.model, config.patch_size, weights=config.weights)
     if config.robust:
-        model = iqa_models.robustify(model, mode=config.robust)
+        options = {"activation": config.robust_activation} if config.robust == "replace" else {}
+        model = iqa_models.robustify(model, mode=config.robust, **options)
     return model
 
 

@@ -92,6 +92,35 @@ def test_replace_is_certified_and_sound_on_real_images():
     assert lipschitz_bound(model, image_shape=(64, 96)) == pytest.approx(bound / np.sqrt(6))
 
 
+def test_replace_with_relu_is_certified_and_sound():
+    base = small_iqa_cnn(32)
+    model = robustify(base, "replace", activation="relu")
+    acts = [l for l in model.layers if isinstance(l, (keras.layers.ReLU, robust_layers.GroupSort))]
+    assert [type(l).__name__ for l in acts] == ["ReLU"] * 4  # relu1..relu4; fc1's is inside a Sequential
+    assert isinstance(model.get_layer("fc1").layers[-1], keras.layers.ReLU)
+    perturb_weights(model, 0.2)
+    model.get_layer("output_scale").scale.assign(7.0)
+    bound = lipschitz_bound(model)
+    assert bound == pytest.approx(7.0 / 4.0)  # the same certificate as with GroupSort
+    x = photo_patches(4)
+    empirical = np.asarray(jacobian_spectral_norm(lambda t: model(t, training=False), x, iterations=10))
+    assert 0 < empirical.max() <= bound * (1 + 1e-4)
+    with pytest.raises(ValueError, match="activation=\'tanh\'"):
+        robustify(base, "replace", activation="tanh")
+    with pytest.raises(ValueError, match="applies to mode='replace'"):
+        robustify(base, "insert", activation="relu")
+
+
+def test_lipschitz_of_relu_variants():
+    from keras_robust_iqa.models.lipschitz import layer_lipschitz
+
+    assert layer_lipschitz(keras.layers.ReLU(max_value=6.0)) == 1.0
+    assert layer_lipschitz(keras.layers.ReLU(negative_slope=0.2)) == 1.0
+    assert layer_lipschitz(keras.layers.LeakyReLU(negative_slope=3.0)) == 3.0
+    with pytest.raises(ValueError, match="threshold=0.5"):
+        layer_lipschitz(keras.layers.ReLU(threshold=0.5, name="jumpy"))
+
+
 def test_replace_centres_inputs_with_a_shift_that_keeps_the_bound():
     base = small_iqa_cnn(32)
     centred = robustify(base, "replace")

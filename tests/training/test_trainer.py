@@ -330,6 +330,7 @@ def test_cosine_schedule_decays_over_all_epochs_and_constant_does_not():
         ("patches_per_image", 0, "--patches-per-image"),
         ("model", "vgg16", "--model"),
         ("robust", "partly", "--robust"),
+        ("robust_activation", "tanh", "--robust-activation"),
         ("loss", "huber", "--loss"),
         ("lr_schedule", "step", "--lr-schedule"),
         ("augment", "rotate", "--augment"),
@@ -345,6 +346,16 @@ def test_bad_config_values_name_the_option(option, value, flag, tmp_path):
         train(config, tmp_path / "run")
     assert repr(value) in str(info.value)
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_relu_activation_needs_replace(tmp_path):
+    for robust in (None, "insert"):
+        config = TrainConfig(robust=robust, robust_activation="relu")
+        with pytest.raises(ValueError, match=f"^--robust-activation relu needs --robust replace .* --robust {robust}"):
+            train(config, tmp_path / "run")
+    model = build(TrainConfig(robust="replace", robust_activation="relu", patch_size=32))
+    assert sum(isinstance(layer, keras.layers.ReLU) for layer in model.layers) == 4
+    assert lipschitz_bound(model) > 0
 
 
 # ----------------------------------------------------------------------------
