@@ -5,6 +5,14 @@ step (forward, backward, SGD update) and inference, each as a compiled
 tf.function, interleaving the layers so machine noise hits them alike, and
 prints times and ratios to Conv2D.
 
+It also times the floor of the Fourier-domain algorithm: the ops no implementation of it can
+skip, with nothing else (no layout changes, no per-frequency products). Inference: the rfft2d
+and irfft2d of the input at the layer's FFT size. Training step: that pair, its gradient, and
+one batched LU factorisation of the layer's per-frequency Cayley systems (the weights change
+every step; factorising is the cheapest exact start of a solve TensorFlow has, cheaper than
+an inverse or `tf.linalg.solve`). A floor ratio above a target means the target is out of
+reach for this algorithm with tf.signal and tf.linalg on this machine.
+
     python benchmarks/layers.py [--repeats 20] [--batch 16] [--size 64] [--channels 32]
 """
 
@@ -16,6 +24,9 @@ import sys
 import time
 
 import numpy as np
+
+
+FLOOR = "floor of OrthoConv2D(same)"
 
 
 def build_layers(channels):
@@ -53,6 +64,39 @@ def step_functions(layer, x):
     return train_step, infer
 
 
+def floor_functions(layer, x):
+    """The unavoidable ops of `OrthoConv2D(padding="same")`, as (train_step, infer)."""
+    import tensorflow as tf
+
+    from keras_robust_iqa.layers import linalg
+
+    layer(x)  # build: FFT size and kernel
+    fft = tuple(layer.fft_size)
+    basis = linalg.DFTBasis.of(layer.kernel, *fft)
+    systems = basis.cayley_system(linalg.kernel_taps(layer.kernel))  # (F, n, n) complex
+
+    def fft_pair(x_nchw):
+        return tf.signal.irfft2d(tf.signal.rfft2d(x_nchw, fft_length=fft), fft_length=fft)
+
+    # The channels-first input and the systems are arguments, not captured
+    # constants, so that graph optimisation cannot fold them away.
+    @tf.function(jit_compile=False)
+    def train_step(x_nchw, systems):
+        with tf.GradientTape() as tape:
+            tape.watch(x_nchw)
+            loss = tf.reduce_mean(tf.square(fft_pair(x_nchw)))
+        grad = tape.gradient(loss, x_nchw)
+        factors, _ = tf.linalg.lu(systems)
+        return tf.reduce_sum(grad) + tf.math.real(tf.reduce_sum(factors))
+
+    @tf.function(jit_compile=False)
+    def infer(x_nchw):
+        return fft_pair(x_nchw)
+
+    x_nchw = tf.transpose(x, (0, 3, 1, 2))
+    return (lambda _: train_step(x_nchw, systems)), (lambda _: infer(x_nchw))
+
+
 def time_calls(fn, x, repeats):
     fn(x)  # trace
     fn(x)  # warm caches
@@ -68,10 +112,13 @@ def time_calls(fn, x, repeats):
 def run_keras(args):
     import tensorflow as tf
 
+    from keras_robust_iqa.layers import OrthoConv2D
+
     x = tf.random.uniform((args.batch, args.size, args.size, args.channels))
     layers = build_layers(args.channels)
     fns = {name: step_functions(layer, x) for name, layer in layers.items()}
-    results = {name: {"train_step_s": [], "inference_s": []} for name in layers}
+    fns[FLOOR] = floor_functions(OrthoConv2D(args.channels, 3, padding="same"), x)
+    results = {name: {"train_step_s": [], "inference_s": []} for name in fns}
     # Interleave rounds so slow drift of the machine affects every layer alike.
     for _ in range(3):
         for name, (train, infer) in fns.items():
@@ -140,12 +187,15 @@ def main():
     base = results["Conv2D"]
     print(f"\n{args.size}x{args.size}, {args.channels}->{args.channels} channels, "
           f"batch {args.batch}, {os.cpu_count()} CPU cores")
-    print(f"{'layer':28s} {'train step':>12s} {'ratio':>7s} {'inference':>12s} {'ratio':>7s}")
+    print(f"{'layer':32s} {'train step':>12s} {'ratio':>7s} {'inference':>12s} {'ratio':>7s}")
     for name, r in results.items():
         r["train_ratio"] = r["train_step_s"] / base["train_step_s"]
         r["inference_ratio"] = r["inference_s"] / base["inference_s"]
-        print(f"{name:28s} {r['train_step_s'] * 1e3:10.2f}ms {r['train_ratio']:6.2f}x "
+        print(f"{name:32s} {r['train_step_s'] * 1e3:10.2f}ms {r['train_ratio']:6.2f}x "
               f"{r['inference_s'] * 1e3:10.2f}ms {r['inference_ratio']:6.2f}x")
+    floor = results[FLOOR]
+    print(f"\ntargets: training step within 3x of Conv2D, inference within 2x; the floor of "
+          f"the algorithm here: {floor['train_ratio']:.2f}x and {floor['inference_ratio']:.2f}x")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

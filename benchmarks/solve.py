@@ -2,10 +2,11 @@
 
 A training step of OrthoConv2D solves `m z = x` for every frequency and, in the backward
 pass, the adjoint system `m^H w = g`. `keras_robust_iqa.layers.linalg.solve` inverts `m`
-once and multiplies; the alternative factorises once (`tf.linalg.lu`) and runs triangular
-solves. Both are timed side by side on the systems of the layers benchmark (64x64 input,
+once and multiplies; the alternatives factorise once (`tf.linalg.lu`) and run triangular
+solves, or call `tf.linalg.solve` (whose gradient factorises again). All are timed side by side on the systems of the layers benchmark (64x64 input,
 3x3 kernel, same padding: 66 x 34 = 2,244 frequencies, 32 channels, batch 16), compiled,
 interleaved, best of three rounds; their results are checked against each other first.
+The factorisation alone is timed too: the part no exact solve avoids.
 
     python benchmarks/solve.py [--repeats 15] [--frequencies 2244] [--channels 32] [--batch 16]
 """
@@ -56,8 +57,28 @@ def solvers():
         w = tf.gather(p_w, tf.argsort(perm, axis=-1), batch_dims=1)
         return z, -tf.matmul(w, z, adjoint_b=True), w
 
+    @tf.function
+    def linalg_solve(m, x, g):
+        with tf.GradientTape() as tape:
+            tape.watch([m, x])
+            z = tf.linalg.solve(m, x)
+        grad_m, grad_x = tape.gradient(z, [m, x], output_gradients=g)
+        return z, grad_m, grad_x
+
     return {"inverse + products (used)": inverse_and_products,
-            "LU + triangular solves": lu_and_triangular_solves}
+            "LU + triangular solves": lu_and_triangular_solves,
+            "tf.linalg.solve + gradient": linalg_solve}
+
+
+def factorisation():
+    """The LU factorisation alone: what every exact solve starts with (the layers benchmark's floor)."""
+    import tensorflow as tf
+
+    @tf.function
+    def lu_only(m, x, g):
+        return (tf.linalg.lu(m)[0],)
+
+    return {"LU factorisation alone": lu_only}
 
 
 def main(argv=None):
@@ -76,6 +97,7 @@ def main(argv=None):
         error = max(float(np.max(np.abs(a.numpy() - b.numpy()))) for a, b in zip(result, reference))
         if error > 1e-3:
             raise SystemExit(f"{name} disagrees with the inverse by {error:.2e}")
+    candidates |= factorisation()  # timed, not checked: it computes no solution
     rounds = {name: [] for name in candidates}
     for _ in range(3):
         for name, fn in candidates.items():
