@@ -33,7 +33,10 @@ def label_lipschitz(table, split=None, top=5):
         A dict: `lipschitz` (the largest ratio, in normalised MOS per unit of image L2
         distance, pixels in [0, 1]), `quantiles` of the ratios over all pairs, `pairs`,
         `image_shape`, and `hardest`, the `top` pairs that set it (`paths`, `mos_gap`,
-        `distance`, `ratio`).
+        `distance`, `ratio`). Where the table records distortion types, `by_distortion`:
+        for each type, the largest and the median ratio over the pairs of two images of
+        that type (`lipschitz`, `p50`, `pairs`); types whose pairs all share one label
+        put no constraint on a model and are left out.
 
     Raises:
         ValueError: when no two images share a reference, or the images of one
@@ -87,7 +90,7 @@ def label_lipschitz(table, split=None, top=5):
         raise ValueError(f"{table.name}: every pair of one reference has identical pixels")
     ratios = gaps / distances
     order = np.argsort(-ratios)[:top]
-    return {
+    result = {
         "lipschitz": float(ratios[order[0]]),
         "quantiles": {f"p{q:g}": float(np.percentile(ratios, q)) for q in (50, 90, 99)},
         "pairs": int(len(ratios)),
@@ -99,4 +102,14 @@ def label_lipschitz(table, split=None, top=5):
             for k in order
         ],
     }
+    if table.distortions is not None:
+        kinds = table.distortions
+        result["by_distortion"] = {
+            kind: {"lipschitz": float(ratios[same].max()), "p50": float(np.median(ratios[same])),
+                   "pairs": int(same.sum())}
+            for kind in sorted(set(kinds.tolist()) - {""})
+            for same in [(kinds[first] == kind) & (kinds[second] == kind)]
+            if np.any(gaps[same] > 0)
+        }
+    return result
 

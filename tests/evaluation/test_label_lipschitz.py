@@ -15,10 +15,10 @@ def write(root, name, pixels):
     return name
 
 
-def table_of(root, rows, mos_range=(0, 100)):
+def table_of(root, rows, mos_range=(0, 100), distortions=None):
     paths, mos, refs = zip(*rows)
     return IQATable(name="fixture", root=root, paths=paths, mos=mos, splits=["test"] * len(rows),
-                    refs=refs, mos_range=mos_range)
+                    refs=refs, mos_range=mos_range, distortions=distortions)
 
 
 @pytest.fixture
@@ -74,3 +74,18 @@ def test_bad_tables_are_named(fixture, tmp_path):
         label_lipschitz(table_of(root, [rows[0], (same, 50.0, "a")]))
     with pytest.raises(ValueError, match="every pair of one reference has identical pixels"):
         label_lipschitz(table_of(root, [rows[0], (same, 100.0, "a")]))
+
+
+def test_by_distortion_type(fixture):
+    root, rows = fixture
+    assert "by_distortion" not in label_lipschitz(table_of(root, rows))
+    # u and v are "noise", w and the lookalike "blur", the rest "pristine" (all pairs of
+    # one type: (u, v) for noise only; (u_lookalike, other) is blur against pristine).
+    kinds = ["noise", "noise", "blur", "blur", "pristine", ""]
+    result = label_lipschitz(table_of(root, rows, distortions=kinds))
+    assert result["by_distortion"] == {
+        "noise": {"lipschitz": pytest.approx(0.5, rel=1e-6), "p50": pytest.approx(0.5, rel=1e-6), "pairs": 1}}
+    # Make (u_lookalike, other) a pristine pair with different labels: it counts now.
+    result = label_lipschitz(table_of(root, rows, distortions=["noise", "noise", "blur", "pristine", "pristine", ""]))
+    assert set(result["by_distortion"]) == {"noise", "pristine"}
+    assert result["by_distortion"]["pristine"]["pairs"] == 1
