@@ -104,12 +104,12 @@ def label_lipschitz(table, split=None, top=5):
     }
     if table.distortions is not None:
         kinds = table.distortions
-        result["by_distortion"] = {
-            kind: {"lipschitz": float(ratios[same].max()), "p50": float(np.median(ratios[same])),
-                   "pairs": int(same.sum())}
-            for kind in sorted(set(kinds.tolist()) - {""})
-            for same in [(kinds[first] == kind) & (kinds[second] == kind)]
-            if np.any(gaps[same] > 0)
-        }
+        result["by_distortion"] = {}
+        for kind in sorted(set(kinds.tolist()) - {""}):
+            same = (kinds[first] == kind) & (kinds[second] == kind)
+            if np.any(gaps[same] > 0):
+                result["by_distortion"][kind] = {
+                    "lipschitz": float(ratios[same].max()), "p50": float(np.median(ratios[same])),
+                    "pairs": int(same.sum())}
     return result
 

@@ -37,7 +37,7 @@ LOSSES = {
     "plcc": lambda: iqa_losses.PLCCLoss(),
     "rank": lambda: iqa_losses.PairwiseRankLoss(),
 }
-ROBUST_MODES = ("insert", "replace")
+ROBUST_MODES = iqa_models.ROBUST_MODES
 ROBUST_ACTIVATIONS = iqa_models.ROBUST_ACTIVATIONS
 STRATEGIES = ("auto", "none", "mirrored", "multiworker")
 LR_SCHEDULES = ("cosine", "constant")
@@ -148,8 +148,8 @@ def build(config):
     else:
         model = iqa_models.build_model(config.model, config.patch_size, weights=config.weights)
     if config.robust:
-        options = {"activation": config.robust_activation} if config.robust == "replace" else {}
-        model = iqa_models.robustify(model, mode=config.robust, **options)
+        # validate() allows only the default activation with insert.
+        model = iqa_models.robustify(model, mode=config.robust, activation=config.robust_activation)
     return model
 
 
