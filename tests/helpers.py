@@ -4,6 +4,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+# Side of the built-in dataset the tests build (`builtin_cache`): seconds, all MS-SSIM scales that fit.
+BUILTIN_SIZE = 64
+
 
 def operator_matrix(fn, input_shape):
     """The matrix of a linear map on `input_shape` (no batch), by impulse responses.

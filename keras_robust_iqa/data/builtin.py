@@ -47,6 +47,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -268,6 +269,14 @@ def msssim_to_mos(ms) -> np.ndarray:
     """The documented monotone map from MS-SSIM in [0, 1] to a 0..100 MOS-like score."""
     d = 1.0 - np.clip(np.asarray(ms, dtype=np.float64), 0.0, 1.0)
     return 100.0 * (1.0 - np.log1p(d / MOS_D0) / math.log1p(1.0 / MOS_D0))
+
+
+def pristine_path(path: str) -> str:
+    """The pristine crop a built-in image was made from: ``images/<source>_c<k>_pristine_0.png``."""
+    match = re.fullmatch(r"(.+_c\d+)_[a-z0-9]+_\d+\.png", str(path))  # distortion names have no "_"
+    if match is None:
+        raise ValueError(f"{path}: not a built-in image name (images/<source>_c<k>_<distortion>_<level>.png).")
+    return f"{match.group(1)}_pristine_0.png"
 
 
 # --------------------------------------------------------------------------- sources

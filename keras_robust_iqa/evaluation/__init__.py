@@ -2,6 +2,7 @@
 
 from keras_robust_iqa.evaluation.certified import certified_bounds, certified_bounds_or_none
 from keras_robust_iqa.evaluation.evaluate import attack_key, eps_label, evaluate_model
+from keras_robust_iqa.evaluation.label_gain import label_gain
 from keras_robust_iqa.evaluation.label_lipschitz import label_lipschitz
 from keras_robust_iqa.evaluation.report import markdown_table, write_report
 from keras_robust_iqa.evaluation.runs import evaluate_runs, read_run_config
@@ -12,6 +13,6 @@ from keras_robust_iqa.evaluation.scores import (
 
 __all__ = [
     "absolute_gain", "attack_key", "certified_bounds", "certified_bounds_or_none", "energy_distance_score",
-    "eps_label", "evaluate_model", "evaluate_runs", "label_lipschitz", "markdown_table", "minmax_scale",
+    "eps_label", "evaluate_model", "evaluate_runs", "label_gain", "label_lipschitz", "markdown_table", "minmax_scale",
     "read_run_config", "relative_gain", "robustness_score", "robustness_scores", "wasserstein_score", "write_report",
 ]

@@ -94,16 +94,6 @@ def csv_dir(tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def builtin_cache(tmp_path_factory) -> Path:
-    """One small build of the built-in dataset shared by the whole session."""
-    from keras_robust_iqa.data.builtin import ensure_builtin
-
-    cache = tmp_path_factory.mktemp("builtin-cache")
-    ensure_builtin(cache, seed=0, size=BUILTIN_SIZE)
-    return cache
-
-
-@pytest.fixture(scope="session")
 def builtin_table(builtin_cache):
     from keras_robust_iqa.data import read_builtin
 

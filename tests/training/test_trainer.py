@@ -28,6 +28,7 @@ import keras
 import numpy as np
 import pytest
 import scipy.stats
+from helpers import BUILTIN_SIZE
 
 from keras_robust_iqa import data as iqa_data
 from keras_robust_iqa import layers as robust_layers
@@ -37,18 +38,8 @@ from keras_robust_iqa.models import lipschitz_bound
 from keras_robust_iqa.training.trainer import TrainConfig, build, compile_model, load_run_model, train
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SIZE = 64  # side of the built-in images in these tests
+SIZE = BUILTIN_SIZE  # side of the built-in images in these tests (`builtin_cache`)
 PATCH = 32
-
-
-@pytest.fixture(scope="session")
-def builtin_cache(tmp_path_factory):
-    """One small build of the built-in dataset shared by the whole session."""
-    from keras_robust_iqa.data.builtin import ensure_builtin
-
-    cache = tmp_path_factory.mktemp("builtin-cache")
-    ensure_builtin(cache, seed=0, size=SIZE)
-    return cache
 
 
 @pytest.fixture(scope="module", autouse=True)
