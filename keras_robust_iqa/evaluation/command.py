@@ -32,6 +32,11 @@ def add_parser(subparsers):
     p.add_argument("--transfer-source", metavar="RUN",
                    help="run folder whose model crafts the transfer attack's perturbations "
                    "(default: the first other --run)")
+    p.add_argument("--label-gain", action="store_true",
+                   help="also attack the built-in dataset's labels themselves (MS-SSIM against each image's "
+                   "pristine crop) with fgsm, ifgsm, mifgsm, amifgsm, pgd_l2, korhonen and square at the same "
+                   "budgets, on the same test images: how much a genuine improvement gains, next to each "
+                   "model's gain (report.json's `labels`, a table in report.md)")
     p.add_argument("--batch-size", type=int, default=8, help="images per attack batch (default: 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random attacks (default: 0)")
     p.add_argument("--out", required=True, help="folder to write the report into")
@@ -54,6 +59,6 @@ def run(args):
 
     evaluate_runs(
         args.run, args.out, attacks=args.attacks, eps=args.eps, l2_eps=args.l2_eps, images=args.images,
-        train_images=args.train_images, transfer_source=args.transfer_source, batch_size=args.batch_size,
-        seed=args.seed,
+        train_images=args.train_images, transfer_source=args.transfer_source, label_gain=args.label_gain,
+        batch_size=args.batch_size, seed=args.seed,
     )

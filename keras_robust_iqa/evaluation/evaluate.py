@@ -25,6 +25,12 @@ def eps_label(eps, norm="linf"):
     return f"{eps:g}"
 
 
+def evenly_spaced(total, count):
+    """`count` evenly spaced row numbers: tables are ordered by source and distortion,
+    so the first rows would all show one photograph."""
+    return np.unique(np.linspace(0, total - 1, count).round().astype(int))
+
+
 def attack_key(name, eps, norm="linf"):
     return f"{name}@{eps_label(eps, norm)}"
 

@@ -19,7 +19,7 @@ import tensorflow as tf
 from keras_robust_iqa import attacks as iqa_attacks
 from keras_robust_iqa.data import builtin
 from keras_robust_iqa.data.pipeline import load_images
-from keras_robust_iqa.evaluation.runs import _spread
+from keras_robust_iqa.evaluation.evaluate import evenly_spaced
 
 # The attacks that need nothing but the model and the images (no training images to learn
 # a perturbation on, no second model).
@@ -85,7 +85,7 @@ def label_gain(table, split="test", *, attack="ifgsm", eps=4 / 255, images=None,
     subset = table.subset(split)
     if len(subset) == 0:
         raise ValueError(f"{table.name}: split {split!r} has no images.")
-    rows = np.arange(len(subset)) if images is None else _spread(len(subset), min(int(images), len(subset)))
+    rows = np.arange(len(subset)) if images is None else evenly_spaced(len(subset), min(int(images), len(subset)))
     paths = [str(p) for p in table.paths]
     groups = collections.defaultdict(list)
     for row in rows:

@@ -18,7 +18,8 @@ def write_report(report, out, details=None):
     """Write `report.json`, `report.md`, `gain_vs_eps.png` and `clean_vs_attacked.png` into `out`.
 
     Args:
-        report: `{"models": {name: entry}}` with entries from `evaluate_model`.
+        report: `{"models": {name: entry}}` with entries from `evaluate_model`, and
+            optionally `"labels"`: the labels' own gains (`evaluate_runs(label_gain=True)`).
         out: the folder to write (created if missing).
         details: `{name: {attack key: (clean, attacked)}}` MinMax-scaled
             scores for the scatter plot; without it that plot is skipped.
@@ -72,7 +73,7 @@ def markdown_table(report):
         for attack, result in entry["attacks"].items():
             cells = [_cell(key, result.get(key), result.get("norm", "linf")) for _, key in _COLUMNS]
             lines.append("| " + " | ".join([name, result.get("attack", attack), *cells]) + " |")
-    return "\n".join(lines + _distortion_table(report)) + "\n"
+    return "\n".join(lines + _distortion_table(report) + _label_table(report)) + "\n"
 
 
 def _distortion_table(report):
@@ -89,6 +90,32 @@ def _distortion_table(report):
         images = next(g["images"] for g in groups if g)
         lines.append(f"| {kind} | {images} | " + " | ".join(_cell("srocc", g["srocc"]) if g else "-" for g in groups)
                      + " |")
+    return lines
+
+
+def _label_table(report):
+    """The labels' own gain next to each model's, on the MOS 0..1 scale (`--label-gain`)."""
+    labels = report.get("labels")
+    if not labels:
+        return []
+    names = list(report["models"])
+    lines = ["", "## The labels' own gain", "",
+             "How far each attack raises the built-in labels themselves (MS-SSIM against each image's "
+             "pristine crop) on the same images, against each model's mean gain, both on the MOS 0..1 "
+             "scale; in brackets, the model's gain over the labels'.", "",
+             "| attack | eps | labels | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 3)]
+    for key, result in labels.items():
+        cells = []
+        for name in names:
+            model_result = report["models"][name]["attacks"].get(key)
+            if model_result is None:
+                cells.append("-")
+                continue
+            gain = model_result["abs_gain_raw"]
+            ratio = gain / result["abs_gain_raw"] if result["abs_gain_raw"] > 0 else float("nan")
+            cells.append(f"{_cell('abs_gain', gain)} ({_cell('ratio', ratio)}x)")
+        lines.append(f"| {result['attack']} | {_cell('eps', result['eps'], result['norm'])} | "
+                     f"{_cell('abs_gain', result['abs_gain_raw'])} | " + " | ".join(cells) + " |")
     return lines
 
 

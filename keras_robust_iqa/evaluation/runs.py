@@ -3,11 +3,10 @@
 import json
 import pathlib
 
-import numpy as np
-
 from keras_robust_iqa import attacks as iqa_attacks
 from keras_robust_iqa import data as iqa_data
-from keras_robust_iqa.evaluation.evaluate import LEARNED, evaluate_model
+from keras_robust_iqa.evaluation.evaluate import LEARNED, attack_key, eps_label, evaluate_model, evenly_spaced
+from keras_robust_iqa.evaluation.label_gain import LABEL_ATTACKS, label_gain
 from keras_robust_iqa.evaluation.report import markdown_table, write_report
 from keras_robust_iqa.training.trainer import load_run_model
 
@@ -30,7 +29,7 @@ def _positive(value, name):
 
 
 def evaluate_runs(runs, out, *, attacks=None, eps=(4 / 255,), l2_eps=(1.0,), images=None, train_images=64,
-                  transfer_source=None, batch_size=8, seed=0, verbose=1):
+                  transfer_source=None, label_gain=False, batch_size=8, seed=0, verbose=1):
     """Attack each run's model on its test split; write `report.json`, `report.md` and plots into `out`.
 
     Args:
@@ -41,6 +40,9 @@ def evaluate_runs(runs, out, *, attacks=None, eps=(4 / 255,), l2_eps=(1.0,), ima
         train_images: how many training-split images the UAPs and FACPA learn on.
         transfer_source: the run whose model crafts transferred perturbations;
             default, for each model, the first other run.
+        label_gain: also attack the built-in dataset's labels themselves
+            (`evaluation.label_gain`) on the same test images, with the attacks
+            of `LABEL_ATTACKS` at the same budgets: `report["labels"]`.
         Others as in `evaluate_model`.
 
     Returns:
@@ -61,6 +63,9 @@ def evaluate_runs(runs, out, *, attacks=None, eps=(4 / 255,), l2_eps=(1.0,), ima
     if "transfer" in attacks and not has_source:
         raise ValueError("The transfer attack needs a second --run or --transfer-source.")
     configs = {run: read_run_config(run) for run in runs}
+    builtin_dirs = [config.get("data_dir") for config in configs.values() if config["dataset"] == "builtin"]
+    if label_gain and not builtin_dirs:
+        raise ValueError("--label-gain attacks the labels of the built-in dataset; no run was trained on it.")
     models = {run: load_run_model(run) for run in runs}
     source_model = load_run_model(transfer_source) if transfer_source is not None else None
     names = _names(runs)
@@ -79,10 +84,30 @@ def evaluate_runs(runs, out, *, attacks=None, eps=(4 / 255,), l2_eps=(1.0,), ima
             verbose=verbose,
         )
         report["models"][names[run]] = {"run": run, **entry}
+    if label_gain:
+        report["labels"] = _label_gains(builtin_dirs[0], attacks, eps, l2_eps, images, batch_size, verbose)
     write_report(report, out, details)
     if verbose:
         print(markdown_table(report))
     return report
+
+
+def _label_gains(data_dir, attacks, eps, l2_eps, images, batch_size, verbose):
+    """The built-in labels' own gain under each label-attackable attack and budget."""
+    table = iqa_data.load_table("builtin", data_dir)
+    results = {}
+    for name in [name for name in attacks if name in LABEL_ATTACKS]:
+        norm = "l2" if name in iqa_attacks.L2_ATTACKS else "linf"
+        for budget in sorted(l2_eps if norm == "l2" else eps):
+            if verbose:
+                print(f"labels: {name} at eps {eps_label(budget, norm)}")
+            gain = label_gain(table, "test", attack=name, eps=budget, images=images, batch_size=batch_size)
+            results[attack_key(name, budget, norm)] = {
+                "attack": name, "norm": norm, "eps": float(budget), "images": gain["images"],
+                "abs_gain_raw": gain["abs_gain"], "max_gain_raw": gain["max"],
+                "abs_gain_by_distortion": {kind: entry["abs_gain"] for kind, entry in gain["by_distortion"].items()},
+            }
+    return results
 
 
 def _names(runs):
@@ -99,18 +124,12 @@ def _load_split(dataset, data_dir, patch_size, images, train_images):
     count = len(test) if images is None else min(images, len(test))
     if count == 0:
         raise ValueError(f"Dataset {dataset!r} has no test images.")
-    rows = _spread(len(test), count)
+    rows = evenly_spaced(len(test), count)
     test_images = iqa_data.load_images(test, rows)
     mos = test.normalize(test.mos)[rows]
     distortions = None if test.distortions is None else test.distortions[rows]
     train = None
     if train_images is not None:
         split = table.subset("train")
-        train = iqa_data.load_images(split, _spread(len(split), min(train_images, len(split))))
+        train = iqa_data.load_images(split, evenly_spaced(len(split), min(train_images, len(split))))
     return test_images, mos, distortions, train
-
-
-def _spread(total, count):
-    """`count` evenly spaced row numbers: tables are ordered by source and distortion,
-    so the first rows would all show one photograph."""
-    return np.unique(np.linspace(0, total - 1, count).round().astype(int))

@@ -1,12 +1,13 @@
 """`evaluate_model`, the report files, and `robust-iqa evaluate` end to end and on bad input."""
 
 import json
+import shutil
 
 import keras
 import numpy as np
 import pytest
 
-from keras_robust_iqa import cli, evaluation
+from keras_robust_iqa import cli, data, evaluation
 from keras_robust_iqa.models import build_model, robustify
 
 ATTACK_FIELDS = {"eps", "abs_gain", "rel_gain", "robustness_score", "srocc", "plcc", "certified_bound"}
@@ -57,6 +58,34 @@ def test_evaluate_command_writes_the_report(runs, tmp_path, capsys):
     assert "| replace | fgsm | 4/255 |" in table and "| base | clean |" in table
     for png in ("gain_vs_eps.png", "clean_vs_attacked.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_command_reports_the_labels_own_gain(runs, tmp_path):
+    out = tmp_path / "report"
+    code = cli.main(["evaluate", "--run", runs[0], "--attacks", "ifgsm,uap,pgd_l2", "--eps", "4/255",
+                     "--l2-eps", "0.5", "--images", "3", "--train-images", "2", "--label-gain", "--out", str(out)])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    labels = report["labels"]
+    assert set(labels) == {"ifgsm@4/255", "pgd_l2@0.5"}  # a UAP learns on training images: not on labels
+    expected = evaluation.label_gain(data.load_table("builtin"), "test", attack="ifgsm", eps=4 / 255, images=3)
+    assert labels["ifgsm@4/255"]["images"] == 3
+    assert labels["ifgsm@4/255"]["abs_gain_raw"] == pytest.approx(expected["abs_gain"], abs=1e-6)
+    assert labels["ifgsm@4/255"]["abs_gain_raw"] > 0
+    base = report["models"]["base"]["attacks"]["ifgsm@4/255"]["abs_gain_raw"]
+    ratio = base / labels["ifgsm@4/255"]["abs_gain_raw"]
+    table = (out / "report.md").read_text()
+    assert "## The labels' own gain" in table
+    assert f"| ifgsm | 4/255 | {labels['ifgsm@4/255']['abs_gain_raw']:.4g} | {base:.4g} ({ratio:.4g}x) |" in table
+
+
+def test_label_gain_needs_a_run_on_the_builtin_dataset(runs, tmp_path):
+    run = tmp_path / "csv-run"
+    run.mkdir()
+    shutil.copy(f"{runs[0]}/model.keras", run / "model.keras")
+    (run / "config.json").write_text(json.dumps({"dataset": "csv", "data_dir": "x.csv", "patch_size": 32}))
+    with pytest.raises(ValueError, match="--label-gain attacks the labels of the built-in dataset"):
+        evaluation.evaluate_runs([str(run)], tmp_path / "out", attacks=["fgsm"], label_gain=True, verbose=0)
 
 
 def test_evaluate_model_by_distortion_type(runs):
