@@ -137,8 +137,10 @@ def run(out="runs/demo", settings=None, verbose="auto"):
 
             # `transfer` crafts on the first other run: the insert model for the base, the
             # base model for every other one.
+            # On the built-in set the labels are a function of the image: attack them too.
             evaluate_runs(model_runs, evaluation, attacks=list(settings.attacks), eps=EVAL_EPS,
-                          images=settings.eval_images, train_images=UAP_TRAIN_IMAGES, seed=settings.seed,
+                          images=settings.eval_images, train_images=UAP_TRAIN_IMAGES,
+                          label_gain=settings.dataset == "builtin", seed=settings.seed,
                           verbose=0 if verbose == 0 else 1)
 
     export = out / "export"
@@ -256,6 +258,7 @@ def build_report(out, settings, model_runs, timings):
         "settings": dataclasses.asdict(settings),
         "stage_seconds": dict(timings),
         "models": models,
+        "labels": evaluation.get("labels"),
         "pruning": {key: pruning[key] for key in ("prunable_channels", "pruned_channels", "pruned_fraction",
                                                   "stages")},
         "export": export["files"],
@@ -274,7 +277,8 @@ def summary_table(report, attack="ifgsm", eps=4 / 255):
 
     The gain is given twice: on the normalised MOS scale [0, 1] the models predict, which
     compares models directly, and MinMax-scaled by each model's clean score range (the
-    benchmark's score, in which the certified bound is given).
+    benchmark's score, in which the certified bound is given). Where the report has the
+    labels' own gain (built-in dataset), a last line gives it on the MOS scale.
     """
     label = f"{attack} {round(eps * 255)}/255"
     lines = [
@@ -289,6 +293,10 @@ def summary_table(report, attack="ifgsm", eps=4 / 255):
             f"| {_fmt(m['lipschitz_bound'])} | {_fmt(row.get('abs_gain_raw'))} | {_fmt(row.get('abs_gain'))} "
             f"| {_fmt(row.get('certified_bound'))} |"
         )
+    labels = _attack_row(report.get("labels") or {}, attack, eps)
+    if labels is not None:
+        lines.append(f"| labels (MS-SSIM against the pristine crop) | - | - | - | - | {_fmt(labels['abs_gain_raw'])} "
+                     f"| - | - |")
     return "\n".join(lines)
 
 
@@ -311,7 +319,8 @@ def report_markdown(report):
     evaluation = {"models": {name: {"attacks": m["attacks"], "clean": m["attacked_images_clean"] or m["test"],
                                     "params": m["params"],
                                     "lipschitz_bound": m["lipschitz_bound"]}
-                             for name, m in report["models"].items()}}
+                             for name, m in report["models"].items()},
+                  "labels": report.get("labels")}
     seconds = ", ".join(f"{stage} {s:.0f} s" for stage, s in report["stage_seconds"].items())
     return "\n".join([
         "# robust-iqa demo report",

@@ -33,6 +33,11 @@ def test_summary_table_reads_the_attack_at_its_budget():
                                      "lipschitz_bound": 0.125, "attacks": attacks}}}
     row = demo.summary_table(report).splitlines()[-1]
     assert row == "| replace | 1,234 | 0.900 | 0.800 | 0.125 | 0.025 | 0.25 | 0.75 |"
+    # The built-in labels' own gain at the same attack and budget closes the table.
+    report["labels"] = {"ifgsm@2/255": {"attack": "ifgsm", "eps": 2 / 255, "abs_gain_raw": 0.5},
+                        "ifgsm@4/255": {"attack": "ifgsm", "eps": 4 / 255, "abs_gain_raw": 0.0625}}
+    row = demo.summary_table(report).splitlines()[-1]
+    assert row == "| labels (MS-SSIM against the pristine crop) | - | - | - | - | 0.0625 | - | - |"
 
 
 @pytest.mark.parametrize("flag", ["--epochs", "--robust-epochs", "--eval-images", "--finetune-epochs"])
@@ -120,5 +125,7 @@ def test_demo_runs_every_stage_resumes_after_an_interruption_and_reports_what_it
     assert report["models"]["replace-pruned"]["params"] < report["models"]["replace"]["params"]
     for row in ("| base |", "| replace-pruned |"):
         assert row in (out / "report.md").read_text()
+    assert report["labels"] is None  # a CSV set's labels are data, not a function to attack
+    assert "The labels' own gain" not in (out / "report.md").read_text()
     assert (out / "gain_vs_eps.png").stat().st_size > 0 and (out / "clean_vs_attacked.png").stat().st_size > 0
     assert {path.suffix for path in (out / "export").rglob("*") if path.is_file()} >= {".pb", ".tflite", ".onnx"}
