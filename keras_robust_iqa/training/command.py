@@ -47,6 +47,9 @@ def add_parser(subparsers):
     p.add_argument("--lr-schedule", default=d.lr_schedule, choices=LR_SCHEDULES,
                    help=f"learning-rate schedule: cosine decays it to 5%% over all epochs, constant keeps it "
                    f"(default: {d.lr_schedule})")
+    p.add_argument("--ema", type=float, default=d.ema, metavar="MOMENTUM",
+                   help="keep an exponential moving average of the weights with this momentum (e.g. 0.99); "
+                   "validation, checkpoints and the saved model use the averaged weights (default: off)")
     p.add_argument("--loss", default=d.loss, choices=tuple(LOSSES), help=f"training loss (default: {d.loss})")
     p.add_argument("--patience", type=int, default=d.patience,
                    help=f"early stopping: epochs without a better validation SROCC (default: {d.patience})")
@@ -90,7 +93,7 @@ def run(args):
         batch_size=args.batch_size, patch_size=args.patch_size,
         patches_per_image=args.patches_per_image,
         augment=None if args.augment == "none" else args.augment, learning_rate=args.learning_rate,
-        lr_schedule=args.lr_schedule,
+        lr_schedule=args.lr_schedule, ema=args.ema,
         loss=args.loss, patience=args.patience, seed=args.seed, strategy=args.strategy,
         defense=args.defense, defense_eps=args.defense_eps, nt_lambda=args.nt_lambda, nt_h=args.nt_h,
     )

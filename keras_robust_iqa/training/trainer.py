@@ -65,6 +65,9 @@ class TrainConfig:
     # cosine: decay to 5 % of learning_rate over all epochs; the last epochs, at a small
     # rate, settle the weights (and BatchNorm statistics) that the checkpoint keeps.
     lr_schedule: str = "cosine"
+    # Momentum of an exponential moving average of the weights (Adam's `use_ema`), or None.
+    # Validation, checkpoints and the saved model then use the averaged weights.
+    ema: float | None = None
     loss: str = "mse"
     patience: int = 8
     seed: int = 0
@@ -100,6 +103,8 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}.")
         if not self.learning_rate > 0:
             raise ValueError(f"--learning-rate must be positive, got {self.learning_rate!r}.")
+        if self.ema is not None and not 0 < self.ema < 1:
+            raise ValueError(f"--ema must be a momentum in (0, 1), such as 0.99, got {self.ema!r}.")
         if self.defense not in (None, *DEFENSES):
             raise ValueError(f"--defense must be one of {DEFENSES}, got {self.defense!r}.")
         if not 0 < self.defense_eps <= 1:
@@ -163,7 +168,8 @@ def compile_model(model, config, steps_per_epoch=None):
         learning_rate = keras.optimizers.schedules.CosineDecay(
             config.learning_rate, decay_steps=config.epochs * steps_per_epoch, alpha=0.05)
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
+        optimizer=keras.optimizers.Adam(learning_rate, use_ema=config.ema is not None,
+                                        ema_momentum=config.ema or 0.99),
         loss=LOSSES[config.loss](),
         metrics=[SROCC(), PLCC()],
     )
@@ -239,7 +245,11 @@ def train(config, out, *, verbose="auto", callbacks=()):
     if not resuming:
         (out / "history.csv").unlink(missing_ok=True)
     fit_callbacks = [
+        # First: a backup keeps the raw weights (the averages are optimizer state).
         keras.callbacks.BackupAndRestore(str(out / "backup")),
+        # The averaged weights in the model from the end of each epoch to the start of the
+        # next: what the validation, the checkpoint and the end of training see.
+        *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if config.ema is not None else []),
         # Before the callbacks that read val_srocc: whole images, scored as the test is.
         WholeImageValidation(table.subset("val")),
         InnerModelCheckpoint(  # a defended model saves its plain IQA model

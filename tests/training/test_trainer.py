@@ -35,7 +35,8 @@ from keras_robust_iqa import layers as robust_layers
 from keras_robust_iqa import models as iqa_models
 from keras_robust_iqa.data.builtin import builtin_folder
 from keras_robust_iqa.models import lipschitz_bound
-from keras_robust_iqa.training.trainer import TrainConfig, build, compile_model, load_run_model, train
+from keras_robust_iqa.training.trainer import (TrainConfig, build, compile_model, evaluate_images, load_run_model,
+                                               train)
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SIZE = BUILTIN_SIZE  # side of the built-in images in these tests (`builtin_cache`)
@@ -312,6 +313,41 @@ def test_cosine_schedule_decays_over_all_epochs_and_constant_does_not():
     assert float(compile_model(model, config).optimizer.learning_rate) == pytest.approx(1e-2)  # no steps known
 
 
+def test_ema_run_validates_and_saves_the_averaged_weights(small_builtin, tmp_path):
+    ends, begins = [], []
+
+    def weights(variables):
+        return [np.array(v) for v in variables]
+
+    class Record(keras.callbacks.Callback):
+        """Runs after train's own callbacks: sees the weights they validated and saved."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            # Training resumes on the raw weights; the averages are optimizer state.
+            begins.append({"raw": weights(self.model.trainable_variables),
+                           # (built with the optimizer, at the first step)
+                           "average": weights(getattr(self.model.optimizer, "_model_variables_moving_average", []))})
+
+        def on_epoch_end(self, epoch, logs=None):
+            ends.append({"model": weights(self.model.trainable_variables), "val_srocc": logs["val_srocc"]})
+
+    config = tiny(small_builtin, epochs=3, ema=0.5, patches_per_image=2)
+    train(config, tmp_path / "run", verbose=0, callbacks=[Record()])
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["ema"] == 0.5
+    # At the end of epoch 1 the model held the averages (validated, checkpointed), not the raw weights.
+    for at_end, average, raw in zip(ends[0]["model"], begins[1]["average"], begins[1]["raw"]):
+        np.testing.assert_array_equal(at_end, average)
+    assert any(not np.allclose(a, r) for a, r in zip(begins[1]["average"], begins[1]["raw"]))
+    best = max(ends, key=lambda entry: entry["val_srocc"])
+    saved = load_run_model(tmp_path / "run")
+    for variable, averaged in zip(saved.trainable_variables, best["model"]):
+        np.testing.assert_array_equal(np.array(variable), averaged)
+    # The validation score logged is the saved model's, scored as the test scores it.
+    assert best["val_srocc"] == pytest.approx(
+        evaluate_images(saved, iqa_data.load_table("builtin", small_builtin, min_size=PATCH), "val")["srocc"],
+        abs=1e-6)
+
+
 @pytest.mark.parametrize(
     "option, value, flag",
     [
@@ -329,6 +365,8 @@ def test_cosine_schedule_decays_over_all_epochs_and_constant_does_not():
         ("learning_rate", -1e-3, "--learning-rate"),
         ("learning_rate", 0.0, "--learning-rate"),
         ("learning_rate", float("nan"), "--learning-rate"),
+        ("ema", 1.0, "--ema"),
+        ("ema", 0.0, "--ema"),
     ],
 )
 def test_bad_config_values_name_the_option(option, value, flag, tmp_path):
