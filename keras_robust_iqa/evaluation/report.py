@@ -102,7 +102,7 @@ def _label_table(report):
     lines = ["", "## The labels' own gain", "",
              "How far each attack raises the built-in labels themselves (MS-SSIM against each image's "
              "pristine crop) on the same images, against each model's mean gain, both on the MOS 0..1 "
-             "scale; in brackets, the model's gain over the labels'.", "",
+             "scale; in brackets, the model's gain over the labels' (where the labels rose).", "",
              "| attack | eps | labels | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 3)]
     for key, result in labels.items():
         cells = []
@@ -112,8 +112,9 @@ def _label_table(report):
                 cells.append("-")
                 continue
             gain = model_result["abs_gain_raw"]
-            ratio = gain / result["abs_gain_raw"] if result["abs_gain_raw"] > 0 else float("nan")
-            cells.append(f"{_cell('abs_gain', gain)} ({_cell('ratio', ratio)}x)")
+            # No ratio where the attack did not raise the labels (one FGSM step can overshoot).
+            ratio = f" ({_cell('ratio', gain / result['abs_gain_raw'])}x)" if result["abs_gain_raw"] > 0 else ""
+            cells.append(_cell("abs_gain", gain) + ratio)
         lines.append(f"| {result['attack']} | {_cell('eps', result['eps'], result['norm'])} | "
                      f"{_cell('abs_gain', result['abs_gain_raw'])} | " + " | ".join(cells) + " |")
     return lines

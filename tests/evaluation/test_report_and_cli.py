@@ -134,3 +134,17 @@ def test_evaluate_command_rejects_a_bad_budget(runs, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["evaluate", "--run", runs[0], "--eps", "0", "--out", str(tmp_path)])
     assert "budgets must be numbers in (0, 1]" in capsys.readouterr().err
+
+
+def test_label_table_gives_ratios_only_where_the_labels_rose():
+    def result(eps, gain):
+        return {"attack": "fgsm", "norm": "linf", "eps": eps, "abs_gain_raw": gain}
+
+    report = {
+        "models": {"m": {"clean": {"srocc": 0.9, "plcc": 0.9, "krcc": 0.8},
+                         "attacks": {"fgsm@4/255": result(4 / 255, 0.1), "fgsm@8/255": result(8 / 255, 0.2)}}},
+        "labels": {"fgsm@4/255": result(4 / 255, 0.05), "fgsm@8/255": result(8 / 255, -0.01)},
+    }
+    table = evaluation.markdown_table(report)
+    assert "| fgsm | 4/255 | 0.05 | 0.1 (2x) |" in table
+    assert "| fgsm | 8/255 | -0.01 | 0.2 |" in table  # one FGSM step overshot: no ratio to a fall
