@@ -86,14 +86,14 @@ def label_gain(table, split="test", *, attack="ifgsm", eps=4 / 255, images=None,
     if len(subset) == 0:
         raise ValueError(f"{table.name}: split {split!r} has no images.")
     rows = np.arange(len(subset)) if images is None else evenly_spaced(len(subset), min(int(images), len(subset)))
-    paths = [str(p) for p in table.paths]
+    row_of = {str(path): i for i, path in enumerate(table.paths)}
     groups = collections.defaultdict(list)
     for row in rows:
         reference = builtin.pristine_path(str(subset.paths[row]))
-        if reference not in paths:
+        if reference not in row_of:
             raise ValueError(f"{table.name}: row {row} of split {split!r} ({subset.paths[row]}): its pristine "
                              f"crop {reference} is not in the table; label_gain needs the built-in dataset.")
-        groups[paths.index(reference)].append(row)
+        groups[row_of[reference]].append(row)
 
     mos = subset.normalize(subset.mos)
     clean, attacked, error = {}, {}, 0.0

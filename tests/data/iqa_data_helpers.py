@@ -90,7 +90,6 @@ SPAQ_HEADER = ["Image name", "MOS", "Brightness", "Colorfulness", "Contrast", "N
                "Sharpness"]
 
 
-
 def write_png16_rgb(path: Path, arr: np.ndarray) -> Path:
     """A 16-bit RGB PNG (Pillow cannot write one): IHDR bit depth 16, colour type 2."""
     import struct
