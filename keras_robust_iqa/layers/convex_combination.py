@@ -19,6 +19,17 @@ class ConvexCombination(keras.layers.Layer):
                 f"{type(self).__name__} needs a list of at least two inputs, got "
                 f"input_shape={input_shape}."
             )
+        # Checked here, where the layer's name can be given: add_n would fail
+        # at the first call, deep inside TensorFlow.
+        first = tuple(input_shape[0])
+        for shape in input_shape[1:]:
+            if len(shape) != len(first) or any(
+                a is not None and b is not None and a != b for a, b in zip(first[1:], tuple(shape)[1:])
+            ):
+                raise ValueError(
+                    f"{type(self).__name__} '{self.name}' needs inputs of one shape, got "
+                    f"{[tuple(s) for s in input_shape]}."
+                )
         self.logits = self.add_weight(
             name="logits", shape=(len(input_shape),), initializer="zeros"
         )

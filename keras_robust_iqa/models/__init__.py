@@ -5,6 +5,7 @@ from keras_robust_iqa.models.lipschitz import lipschitz_bound
 from keras_robust_iqa.models.patches import patch_grid, score_images
 from keras_robust_iqa.models.robustify import ACTIVATIONS as ROBUST_ACTIVATIONS
 from keras_robust_iqa.models.robustify import MODES as ROBUST_MODES
+from keras_robust_iqa.models.robustify import POOLINGS as ROBUST_POOLINGS
 from keras_robust_iqa.models.robustify import robustify, stage_ends
 from keras_robust_iqa.models.small_cnn import small_iqa_cnn
 
@@ -26,6 +27,7 @@ __all__ = [
     "MODEL_NAMES",
     "ROBUST_ACTIVATIONS",
     "ROBUST_MODES",
+    "ROBUST_POOLINGS",
     "backbone_iqa_model",
     "build_model",
     "lipschitz_bound",

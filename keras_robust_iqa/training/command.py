@@ -6,7 +6,7 @@ import argparse
 def add_parser(subparsers):
     from keras_robust_iqa.data import AUGMENTATIONS
     from keras_robust_iqa.training.trainer import (DEFENSES, LOSSES, LR_SCHEDULES, ROBUST_ACTIVATIONS, ROBUST_MODES,
-                                                   STRATEGIES, TrainConfig)
+                                                   ROBUST_POOLINGS, STRATEGIES, TrainConfig)
 
     d = TrainConfig()
     p = subparsers.add_parser(
@@ -30,6 +30,11 @@ def add_parser(subparsers):
                    help="activation of --robust replace models: groupsort (MaxMin, gradient-norm "
                    "preserving) or relu (also 1-Lipschitz; it ranked better at the same attack gain "
                    f"on the built-in dataset) (default: {d.robust_activation})")
+    p.add_argument("--robust-pooling", default=d.robust_pooling, choices=ROBUST_POOLINGS,
+                   help="what stands in for the pooling layers of --robust replace models: l2norm "
+                   "(the L2 norm of each window) or invertible (space-to-depth: keeps every value, "
+                   "the next layer reads 4x the channels and costs more; it kept JPEG's blocks "
+                   f"better on the built-in dataset) (default: {d.robust_pooling})")
     p.add_argument("--weights", help="backbone weights: 'imagenet' or a weights file (backbones only)")
     p.add_argument("--init-from", metavar="RUN", help="start from the model of this run folder")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"maximum epochs (default: {d.epochs})")
@@ -89,7 +94,7 @@ def run(args):
 
     config = TrainConfig(
         dataset=args.dataset, data_dir=args.data_dir, model=args.model, robust=args.robust,
-        robust_activation=args.robust_activation, weights=args.weights, init_from=args.init_from, epochs=args.epochs,
+        robust_activation=args.robust_activation, robust_pooling=args.robust_pooling, weights=args.weights, init_from=args.init_from, epochs=args.epochs,
         batch_size=args.batch_size, patch_size=args.patch_size,
         patches_per_image=args.patches_per_image,
         augment=None if args.augment == "none" else args.augment, learning_rate=args.learning_rate,

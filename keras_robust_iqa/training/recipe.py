@@ -14,7 +14,7 @@ import json
 import sys
 
 from keras_robust_iqa.models import MODEL_NAMES
-from keras_robust_iqa.training.trainer import ROBUST_ACTIVATIONS, ROBUST_MODES, train
+from keras_robust_iqa.training.trainer import ROBUST_ACTIVATIONS, ROBUST_MODES, ROBUST_POOLINGS, train
 
 
 def recipe_parser(config, description=None):
@@ -38,6 +38,9 @@ def recipe_parser(config, description=None):
     parser.add_argument("--robust-activation", default=config.robust_activation,
                         choices=ROBUST_ACTIVATIONS,
                         help=f"activation of replace models (default: {config.robust_activation})")
+    parser.add_argument("--robust-pooling", default=config.robust_pooling, choices=ROBUST_POOLINGS,
+                        help=f"what stands in for the pooling of replace models: the L2 norm of "
+                        f"each window, or space-to-depth (default: {config.robust_pooling})")
     parser.add_argument("--init-from", metavar="RUN", default=config.init_from,
                         help="start from the model of this run folder (e.g. robustify a "
                         "trained base model)")
@@ -68,7 +71,8 @@ def _apply(config, args):
     # Pretrained weights are the backbones'; the small model always starts from scratch.
     weights = config.weights if args.model != "small" else None
     config = dataclasses.replace(config, data_dir=args.data_dir, model=args.model, robust=robust,
-                                 robust_activation=args.robust_activation, weights=weights,
+                                 robust_activation=args.robust_activation,
+                                 robust_pooling=args.robust_pooling, weights=weights,
                                  init_from=args.init_from)
     out = args.out or f"runs/{config.dataset}-{config.model}" + (f"-{robust}" if robust else "")
     return config, out

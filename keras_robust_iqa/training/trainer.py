@@ -39,6 +39,7 @@ LOSSES = {
 }
 ROBUST_MODES = iqa_models.ROBUST_MODES
 ROBUST_ACTIVATIONS = iqa_models.ROBUST_ACTIVATIONS
+ROBUST_POOLINGS = iqa_models.ROBUST_POOLINGS
 STRATEGIES = ("auto", "none", "mirrored", "multiworker")
 LR_SCHEDULES = ("cosine", "constant")
 
@@ -53,6 +54,8 @@ class TrainConfig:
     robust: str | None = None
     # The activation of `replace` models (models.robustify's `activation`).
     robust_activation: str = "groupsort"
+    # What stands in for the pooling layers of `replace` models (models.robustify's `pooling`).
+    robust_pooling: str = "l2norm"
     weights: str | None = None
     init_from: str | None = None
     epochs: int = 30
@@ -89,6 +92,11 @@ class TrainConfig:
         if self.robust_activation != "groupsort" and self.robust != "replace":
             raise ValueError(f"--robust-activation {self.robust_activation} needs --robust replace "
                              f"(insert's RobustBlocks use GroupSort), got --robust {self.robust}.")
+        if self.robust_pooling not in ROBUST_POOLINGS:
+            raise ValueError(f"--robust-pooling must be one of {ROBUST_POOLINGS}, got {self.robust_pooling!r}.")
+        if self.robust_pooling != "l2norm" and self.robust != "replace":
+            raise ValueError(f"--robust-pooling {self.robust_pooling} needs --robust replace "
+                             f"(insert keeps the model's pooling), got --robust {self.robust}.")
         if self.augment not in iqa_data.AUGMENTATIONS:
             raise ValueError(f"--augment must be one of {iqa_data.AUGMENTATIONS[1:]} or none, got {self.augment!r}.")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -153,8 +161,9 @@ def build(config):
     else:
         model = iqa_models.build_model(config.model, config.patch_size, weights=config.weights)
     if config.robust:
-        # validate() allows only the default activation with insert.
-        model = iqa_models.robustify(model, mode=config.robust, activation=config.robust_activation)
+        # validate() allows only the default activation and pooling with insert.
+        model = iqa_models.robustify(model, mode=config.robust, activation=config.robust_activation,
+                                     pooling=config.robust_pooling)
     return model
 
 

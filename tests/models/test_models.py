@@ -111,6 +111,48 @@ def test_replace_with_relu_is_certified_and_sound():
         robustify(base, "insert", activation="relu")
 
 
+def test_replace_with_invertible_pooling_keeps_every_value_and_is_sound(tmp_path):
+    base = small_iqa_cnn(32)
+    model = robustify(base, "replace", activation="relu", pooling="invertible")
+    pools = [l for l in model.layers if isinstance(l, (robust_layers.L2NormPooling2D, robust_layers.InvertibleDownsampling))]
+    assert [type(l).__name__ for l in pools] == ["InvertibleDownsampling"] * 3
+    # The convolution after each space-to-depth reads 4 times the channels before it.
+    convs = [l for l in model.layers if isinstance(l, robust_layers.OrthoConv2D)]
+    assert [c.input_channels for c in convs] == [3, 4 * 16, 4 * 32, 4 * 64]
+    x = photo_patches(4)
+    # A permutation of the values: the norm of each patch is kept exactly.
+    np.testing.assert_allclose(np.linalg.norm(pools[0](x).numpy().reshape(4, -1), axis=1),
+                               np.linalg.norm(x.reshape(4, -1), axis=1), rtol=1e-6)
+    perturb_weights(model, 0.2)
+    model.get_layer("output_scale").scale.assign(7.0)
+    bound = lipschitz_bound(model)
+    assert bound == pytest.approx(7.0 / 4.0)
+    empirical = np.asarray(jacobian_spectral_norm(lambda t: model(t, training=False), x, iterations=10))
+    assert 0 < empirical.max() <= bound * (1 + 1e-4)
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    with pytest.raises(ValueError, match="pooling='average'"):
+        robustify(base, "replace", pooling="average")
+    with pytest.raises(ValueError, match="`pooling` applies to mode='replace'"):
+        robustify(base, "insert", pooling="invertible")
+
+
+def test_invertible_pooling_refuses_a_residual_that_skips_it():
+    # space-to-depth widens the pooled branch (4 -> 16 channels); the Add's other branch
+    # keeps 4, and the convex combination says so by name instead of failing in TensorFlow.
+    inputs = keras.Input((16, 16, 4))
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    pooled = keras.layers.MaxPooling2D(2)(x)
+    shortcut = keras.layers.Conv2D(4, 1, strides=2)(x)
+    y = keras.layers.Add(name="skip_add")([pooled, shortcut])
+    outputs = keras.layers.Dense(1)(keras.layers.GlobalAveragePooling2D()(y))
+    model = keras.Model(inputs, outputs)
+    assert robustify(model, "replace").output_shape == (None, 1)  # L2-norm pooling keeps 4
+    with pytest.raises(ValueError, match="'skip_add' needs inputs of one shape, got \[\(None, 8, 8, 16\), \(None, 8, 8, 4\)\]"):
+        robustify(model, "replace", pooling="invertible")
+
+
 def test_lipschitz_of_relu_variants():
     from keras_robust_iqa.models.lipschitz import layer_lipschitz
 

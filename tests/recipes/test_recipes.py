@@ -83,8 +83,10 @@ def test_defaults_and_overrides():
 
     # The small model has no pretrained weights: it starts from scratch.
     config, out = recipe.recipe_config(KONIQ, ["--data-dir", "d", "--model", "small",
-                                               "--robust", "replace"])
+                                               "--robust", "replace", "--robust-activation", "relu",
+                                               "--robust-pooling", "invertible"])
     assert (config.model, config.weights, config.robust) == ("small", None, "replace")
+    assert (config.robust_activation, config.robust_pooling) == ("relu", "invertible")
     assert out == "runs/koniq10k-small-replace"
 
 

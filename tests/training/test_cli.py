@@ -22,7 +22,8 @@ from keras_robust_iqa import cli
 from keras_robust_iqa import data as iqa_data
 from keras_robust_iqa.models import MODEL_NAMES
 from keras_robust_iqa.training import trainer
-from keras_robust_iqa.training.trainer import LOSSES, ROBUST_ACTIVATIONS, ROBUST_MODES, STRATEGIES, TrainConfig
+from keras_robust_iqa.training.trainer import (LOSSES, ROBUST_ACTIVATIONS, ROBUST_MODES, ROBUST_POOLINGS, STRATEGIES,
+                                               TrainConfig)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONSOLE_SCRIPT = Path(sys.executable).parent / "robust-iqa"
@@ -84,6 +85,7 @@ def test_option_choices_follow_the_library():
     assert choices["model"] == MODEL_NAMES
     assert choices["robust"] == ROBUST_MODES
     assert choices["robust_activation"] == ROBUST_ACTIVATIONS
+    assert choices["robust_pooling"] == ROBUST_POOLINGS
     assert choices["loss"] == tuple(LOSSES)
     assert choices["strategy"] == STRATEGIES
     assert choices["dataset"] == tuple(iqa_data.READERS)
@@ -100,6 +102,7 @@ def test_every_option_reaches_the_config(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(trainer, "train", fake_train)
     expected = TrainConfig(
         dataset="csv", data_dir="data/mine", model="resnet50", robust="insert", robust_activation="relu",
+        robust_pooling="invertible",
         weights="imagenet", init_from="runs/base", epochs=3, batch_size=7, patch_size=48,
         patches_per_image=2, augment="dihedral", learning_rate=0.01, lr_schedule="constant", ema=0.9, loss="plcc",
         patience=2, seed=5,

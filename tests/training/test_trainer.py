@@ -358,6 +358,7 @@ def test_ema_run_validates_and_saves_the_averaged_weights(small_builtin, tmp_pat
         ("model", "vgg16", "--model"),
         ("robust", "partly", "--robust"),
         ("robust_activation", "tanh", "--robust-activation"),
+        ("robust_pooling", "average", "--robust-pooling"),
         ("loss", "huber", "--loss"),
         ("lr_schedule", "step", "--lr-schedule"),
         ("augment", "rotate", "--augment"),
@@ -377,13 +378,18 @@ def test_bad_config_values_name_the_option(option, value, flag, tmp_path):
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
-def test_relu_activation_needs_replace(tmp_path):
+@pytest.mark.parametrize("option, value, layer, count", [
+    ("robust_activation", "relu", keras.layers.ReLU, 4),
+    ("robust_pooling", "invertible", robust_layers.InvertibleDownsampling, 3),
+])
+def test_replace_options_need_replace(option, value, layer, count, tmp_path):
+    flag = "--" + option.replace("_", "-")
     for robust in (None, "insert"):
-        config = TrainConfig(robust=robust, robust_activation="relu")
-        with pytest.raises(ValueError, match=f"^--robust-activation relu needs --robust replace .* --robust {robust}"):
+        config = TrainConfig(robust=robust, **{option: value})
+        with pytest.raises(ValueError, match=f"^{flag} {value} needs --robust replace .* --robust {robust}"):
             train(config, tmp_path / "run")
-    model = build(TrainConfig(robust="replace", robust_activation="relu", patch_size=32))
-    assert sum(isinstance(layer, keras.layers.ReLU) for layer in model.layers) == 4
+    model = build(TrainConfig(robust="replace", patch_size=32, **{option: value}))
+    assert sum(isinstance(l, layer) for l in model.layers) == count
     assert lipschitz_bound(model) > 0
 
 
