@@ -36,7 +36,7 @@ def layer_lipschitz(layer):
         return _relu_lipschitz(layer)
     if isinstance(layer, robust_layers.GlobalL2NormPooling2D):
         return layer.lipschitz_constant(layer.input.shape)
-    if isinstance(layer, robust_layers.OutputScale):
+    if isinstance(layer, (robust_layers.OutputScale, robust_layers.ChannelGain)):
         return layer.lipschitz_constant()
     if isinstance(layer, keras.layers.Normalization):
         return float(np.max(1.0 / np.sqrt(np.maximum(np.asarray(layer.variance), 1e-12))))

@@ -46,7 +46,7 @@ _GLOBAL_POOLING = (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPo
 
 
 def robustify(model, mode="replace", *, after=None, keep_weights=True, group_size=2, input_offset=-0.5,
-              activation="groupsort", pooling="l2norm"):
+              activation="groupsort", pooling="l2norm", channel_gains=False):
     """Apply RobustBlocks to a functional Keras model, with no hand editing.
 
     Args:
@@ -97,6 +97,12 @@ def robustify(model, mode="replace", *, after=None, keep_weights=True, group_siz
             1-Lipschitz. The layer after an invertible pooling must accept
             the wider input (a convolution or a dense layer does; an `Add`
             with a branch that skips the pooling does not).
+        channel_gains: for `"replace"`, follow every orthogonal layer but the
+            last (which `OutputScale` scales) by a `ChannelGain`: learnable
+            per-channel gains in [-1, 1]. Orthogonal layers alone cannot
+            weigh their channels (every singular value is 1); the gains can,
+            and they keep the model 1-Lipschitz. On the built-in dataset
+            they lifted test SROCC by 0.06 (README, "Accuracy").
 
     Returns:
         A new model; `model` is left unchanged.
@@ -116,8 +122,11 @@ def robustify(model, mode="replace", *, after=None, keep_weights=True, group_siz
             raise ValueError("Argument `activation` applies to mode='replace'; insert's RobustBlocks use GroupSort.")
         if pooling != "l2norm":
             raise ValueError("Argument `pooling` applies to mode='replace'; insert keeps the model's pooling.")
+        if channel_gains:
+            raise ValueError("Argument `channel_gains` applies to mode='replace'; insert's blocks are orthogonal.")
         return _insert(model, after, keep_weights, group_size)
-    return _replace(model, keep_weights, _activation_factory(activation, group_size), input_offset, pooling)
+    return _replace(model, keep_weights, _activation_factory(activation, group_size), input_offset, pooling,
+                    channel_gains)
 
 
 # Insert --------------------------------------------------------------------
@@ -238,11 +247,12 @@ def _activation_factory(activation, group_size):
     return lambda name: robust_layers.GroupSort(group_size, name=name)
 
 
-def _replacement(layer, activation, pooling):
+def _replacement(layer, activation, pooling, gains):
     """The 1-Lipschitz layer (or small Sequential) that stands in for `layer`.
 
     `activation`: `name -> layer`, the activation to put in place of the original ones;
-    `pooling`: one of `POOLINGS`.
+    `pooling`: one of `POOLINGS`; `gains`: follow a convolution or dense layer by a
+    `ChannelGain`.
     """
     name = layer.name
     if isinstance(layer, _KEEP):
@@ -265,15 +275,17 @@ def _replacement(layer, activation, pooling):
         conv = robust_layers.OrthoConv2D(
             filters, layer.kernel_size, strides=s, padding="same", name=f"{name}_ortho"
         )
-        parts = [conv] + _shape_fix(layer, (in_shape[1] // s, in_shape[2] // s), name)
+        parts = [conv] + ([robust_layers.ChannelGain(name=f"{name}_gain")] if gains else [])
+        parts += _shape_fix(layer, (in_shape[1] // s, in_shape[2] // s), name)
         if _activation_name(layer) != "linear":
             parts.append(activation(f"{name}_activation"))
         return parts[0] if len(parts) == 1 else keras.Sequential(parts, name=name)
     if isinstance(layer, keras.layers.Dense):
-        dense = robust_layers.OrthoDense(layer.units, name=f"{name}_ortho")
-        if _activation_name(layer) == "linear":
-            return dense
-        return keras.Sequential([dense, activation(f"{name}_activation")], name=name)
+        parts = [robust_layers.OrthoDense(layer.units, name=f"{name}_ortho")]
+        parts += [robust_layers.ChannelGain(name=f"{name}_gain")] if gains else []
+        if _activation_name(layer) != "linear":
+            parts.append(activation(f"{name}_activation"))
+        return parts[0] if len(parts) == 1 else keras.Sequential(parts, name=name)
     if isinstance(layer, _ACTIVATIONS):
         if isinstance(layer, keras.layers.Activation) and _activation_name(layer) == "linear":
             return keras.layers.Identity(name=name)
@@ -300,10 +312,11 @@ def _replacement(layer, activation, pooling):
     raise _unsupported(layer)
 
 
-def _replace(model, keep_weights, activation, input_offset, pooling):
+def _replace(model, keep_weights, activation, input_offset, pooling, channel_gains):
     if len(model.outputs) != 1:
         raise ValueError("robustify(mode='replace') supports single-output models.")
     replaced = {}
+    output_layer = model.outputs[0]._keras_history.operation
     reads_input = _input_readers(model)
     new_readers = set()  # ids of the replacements of the layers in `reads_input`
     # A model that preprocesses its inputs itself (the keras.applications
@@ -315,7 +328,9 @@ def _replace(model, keep_weights, activation, input_offset, pooling):
     centred = {}
 
     def clone_function(layer):
-        new = _replacement(layer, activation, pooling)
+        # The output layer's gain would repeat OutputScale's.
+        gains = channel_gains and layer is not output_layer
+        new = _replacement(layer, activation, pooling, gains)
         replaced[layer.name] = new
         if id(layer) in reads_input:
             new_readers.add(id(new))

@@ -30,7 +30,7 @@ def layer_flops(layer):
     Counted: convolutions and dense layers, the orthogonal convolution as it
     runs (rfft2d of each input channel, one complex `cout x cin` matrix per
     frequency, irfft2d of each output channel), bias additions and
-    BatchNormalization (a scale and a shift). Not counted: activations,
+    BatchNormalization (a scale and a shift), ChannelGain (a scale). Not counted: activations,
     sorting, pooling, and the per-batch work that depends on the weights only
     (the Cayley transform of `OrthoDense`; `OrthoConv2D` caches it).
     """
@@ -54,6 +54,8 @@ def layer_flops(layer):
         return 2 * out_size * layer.input.shape[-1] + bias
     if isinstance(layer, keras.layers.BatchNormalization):
         return 2 * out_size
+    if isinstance(layer, robust_layers.ChannelGain):
+        return out_size
     return 0
 
 

@@ -30,7 +30,7 @@ PRODUCERS = (
     robust_layers.RobustBlock,
 )
 # Channel-wise layers with one weight vector per channel, sliced with them.
-CHANNELWISE_WEIGHTED = (keras.layers.BatchNormalization, keras.layers.DepthwiseConv2D)
+CHANNELWISE_WEIGHTED = (keras.layers.BatchNormalization, keras.layers.DepthwiseConv2D, robust_layers.ChannelGain)
 # Channel-wise layers with no per-channel weights: channels pass through.
 PASS_THROUGH = (
     keras.layers.Identity,
@@ -128,7 +128,7 @@ def _is_channelwise_weighted(layer):
         return layer.axis in (-1, len(layer.input.shape) - 1) if layer.built else False
     if isinstance(layer, keras.layers.DepthwiseConv2D):
         return layer.depth_multiplier == 1 and layer.data_format == "channels_last"
-    return False
+    return isinstance(layer, robust_layers.ChannelGain)
 
 
 def _is_pass_through(layer):

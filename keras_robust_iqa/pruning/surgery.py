@@ -90,7 +90,7 @@ def _copy_sliced(old, new, kept_in, kept_out):
         new.kernel.assign(_slice_kernel(old.kernel, kept_in, kept_out))
         if old.use_bias:
             new.bias.assign(keras.ops.convert_to_numpy(old.bias)[kept_out])
-    else:  # BatchNormalization: one vector per channel
+    else:  # BatchNormalization, ChannelGain: vectors of one value per channel
         new.set_weights([w[kept_in] for w in old.get_weights()])
 
 

@@ -41,6 +41,8 @@ def recipe_parser(config, description=None):
     parser.add_argument("--robust-pooling", default=config.robust_pooling, choices=ROBUST_POOLINGS,
                         help=f"what stands in for the pooling of replace models: the L2 norm of "
                         f"each window, or space-to-depth (default: {config.robust_pooling})")
+    parser.add_argument("--robust-channel-gains", action="store_true", default=config.robust_channel_gains,
+                        help="per-channel gains in [-1, 1] after each orthogonal layer of replace models")
     parser.add_argument("--init-from", metavar="RUN", default=config.init_from,
                         help="start from the model of this run folder (e.g. robustify a "
                         "trained base model)")
@@ -72,7 +74,8 @@ def _apply(config, args):
     weights = config.weights if args.model != "small" else None
     config = dataclasses.replace(config, data_dir=args.data_dir, model=args.model, robust=robust,
                                  robust_activation=args.robust_activation,
-                                 robust_pooling=args.robust_pooling, weights=weights,
+                                 robust_pooling=args.robust_pooling,
+                                 robust_channel_gains=args.robust_channel_gains, weights=weights,
                                  init_from=args.init_from)
     out = args.out or f"runs/{config.dataset}-{config.model}" + (f"-{robust}" if robust else "")
     return config, out

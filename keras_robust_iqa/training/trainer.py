@@ -56,6 +56,8 @@ class TrainConfig:
     robust_activation: str = "groupsort"
     # What stands in for the pooling layers of `replace` models (models.robustify's `pooling`).
     robust_pooling: str = "l2norm"
+    # Per-channel gains in [-1, 1] after each orthogonal layer (models.robustify's `channel_gains`).
+    robust_channel_gains: bool = False
     weights: str | None = None
     init_from: str | None = None
     epochs: int = 30
@@ -97,6 +99,9 @@ class TrainConfig:
         if self.robust_pooling != "l2norm" and self.robust != "replace":
             raise ValueError(f"--robust-pooling {self.robust_pooling} needs --robust replace "
                              f"(insert keeps the model's pooling), got --robust {self.robust}.")
+        if self.robust_channel_gains and self.robust != "replace":
+            raise ValueError(f"--robust-channel-gains needs --robust replace (insert's blocks are "
+                             f"orthogonal), got --robust {self.robust}.")
         if self.augment not in iqa_data.AUGMENTATIONS:
             raise ValueError(f"--augment must be one of {iqa_data.AUGMENTATIONS[1:]} or none, got {self.augment!r}.")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -161,9 +166,9 @@ def build(config):
     else:
         model = iqa_models.build_model(config.model, config.patch_size, weights=config.weights)
     if config.robust:
-        # validate() allows only the default activation and pooling with insert.
+        # validate() allows only the defaults of these three with insert.
         model = iqa_models.robustify(model, mode=config.robust, activation=config.robust_activation,
-                                     pooling=config.robust_pooling)
+                                     pooling=config.robust_pooling, channel_gains=config.robust_channel_gains)
     return model
 
 

@@ -138,6 +138,29 @@ def test_replace_with_invertible_pooling_keeps_every_value_and_is_sound(tmp_path
         robustify(base, "insert", pooling="invertible")
 
 
+def test_replace_with_channel_gains_is_certified_and_sound():
+    base = small_iqa_cnn(32)
+    model = robustify(base, "replace", activation="relu", channel_gains=True)
+    gains = [l for l in model._flatten_layers() if isinstance(l, robust_layers.ChannelGain)]
+    # After each orthogonal layer but the last, whose gain OutputScale already is.
+    assert [g.name for g in gains] == ["conv1_gain", "conv2_gain", "conv3_gain", "conv4_gain", "fc1_gain"]
+    assert lipschitz_bound(model) == pytest.approx(lipschitz_bound(robustify(base, "replace", activation="relu")))
+    perturb_weights(model, 0.2)
+    rng = np.random.default_rng(1)
+    for gain in gains:  # every layer's largest gain is 0.8: the bound shrinks by 0.8 ** 5
+        values = rng.uniform(-0.8, 0.8, size=gain.gain.shape)
+        values[0] = 0.8
+        gain.gain.assign(values)
+    model.get_layer("output_scale").scale.assign(7.0)
+    bound = lipschitz_bound(model)
+    assert bound == pytest.approx(7.0 / 4.0 * 0.8**5, rel=1e-6)
+    x = photo_patches(4)
+    empirical = np.asarray(jacobian_spectral_norm(lambda t: model(t, training=False), x, iterations=10))
+    assert 0 < empirical.max() <= bound * (1 + 1e-4)
+    with pytest.raises(ValueError, match="`channel_gains` applies to mode='replace'"):
+        robustify(base, "insert", channel_gains=True)
+
+
 def test_invertible_pooling_refuses_a_residual_that_skips_it():
     # space-to-depth widens the pooled branch (4 -> 16 channels); the Add's other branch
     # keeps 4, and the convex combination says so by name instead of failing in TensorFlow.

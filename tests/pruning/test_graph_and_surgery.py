@@ -187,6 +187,27 @@ def test_replace_model_bound_never_rises():
         assert lipschitz_bound(pruned) <= lipschitz_bound(model)
 
 
+def test_channel_gains_are_pruned_with_their_channels():
+    keras.utils.set_random_seed(0)
+    model = robustify(small_iqa_cnn(16, widths=(8, 8, 16), head_units=8), "replace", channel_gains=True)
+    for gain in (l for l in model._flatten_layers() if isinstance(l, rl.ChannelGain)):
+        gain.gain.assign(np.linspace(-1, 1, gain.gain.shape[0]))
+    graph = ChannelGraph(model)
+    # Nothing pruned: the same function.
+    x = np.random.default_rng(2).uniform(size=(3, 16, 16, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(prune_model(model, graph, set())(x)), np.asarray(model(x)), rtol=1e-5)
+    pruned = prune_model(model, graph, graph.select(graph.scores(), fraction=0.5))
+    kept = {l.name: l for l in pruned._flatten_layers() if isinstance(l, rl.ChannelGain)}
+    convs = {l.name: l for l in pruned._flatten_layers() if isinstance(l, rl.OrthoConv2D)}
+    for i in (1, 2, 3):
+        assert kept[f"conv{i}_gain"].gain.shape[0] == convs[f"conv{i}_ortho"].filters < (8, 8, 16)[i - 1]
+        # The kept gains are a subset of the old ones, in order.
+        old = np.linspace(-1, 1, (8, 8, 16)[i - 1]).astype("float32")
+        assert set(kept[f"conv{i}_gain"].gain.numpy().tolist()) <= set(old.tolist())
+    assert 0 < lipschitz_bound(pruned) <= lipschitz_bound(model)
+    assert np.all(np.isfinite(np.asarray(pruned(x))))
+
+
 def plain(*layers, shape=(4, 4, 3)):
     x = keras.Input(shape)
     y = x

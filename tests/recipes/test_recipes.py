@@ -84,9 +84,10 @@ def test_defaults_and_overrides():
     # The small model has no pretrained weights: it starts from scratch.
     config, out = recipe.recipe_config(KONIQ, ["--data-dir", "d", "--model", "small",
                                                "--robust", "replace", "--robust-activation", "relu",
-                                               "--robust-pooling", "invertible"])
+                                               "--robust-pooling", "invertible", "--robust-channel-gains"])
     assert (config.model, config.weights, config.robust) == ("small", None, "replace")
-    assert (config.robust_activation, config.robust_pooling) == ("relu", "invertible")
+    assert (config.robust_activation, config.robust_pooling, config.robust_channel_gains) == \
+        ("relu", "invertible", True)
     assert out == "runs/koniq10k-small-replace"
 
 

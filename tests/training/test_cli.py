@@ -102,7 +102,7 @@ def test_every_option_reaches_the_config(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(trainer, "train", fake_train)
     expected = TrainConfig(
         dataset="csv", data_dir="data/mine", model="resnet50", robust="insert", robust_activation="relu",
-        robust_pooling="invertible",
+        robust_pooling="invertible", robust_channel_gains=True,
         weights="imagenet", init_from="runs/base", epochs=3, batch_size=7, patch_size=48,
         patches_per_image=2, augment="dihedral", learning_rate=0.01, lr_schedule="constant", ema=0.9, loss="plcc",
         patience=2, seed=5,
@@ -113,7 +113,7 @@ def test_every_option_reaches_the_config(monkeypatch, capsys, tmp_path):
     for field in dataclasses.fields(TrainConfig):
         value = getattr(expected, field.name)
         assert value != getattr(default, field.name), field.name  # every option is exercised
-        argv += [option(field.name), str(value)]
+        argv += [option(field.name)] if value is True else [option(field.name), str(value)]
     assert cli.main(argv) == 0
     assert calls == [(expected, str(tmp_path / "run"))]
     assert json.loads(capsys.readouterr().out) == {"test": {"srocc": 0.5}}

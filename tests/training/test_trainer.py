@@ -379,17 +379,19 @@ def test_bad_config_values_name_the_option(option, value, flag, tmp_path):
 
 
 @pytest.mark.parametrize("option, value, layer, count", [
-    ("robust_activation", "relu", keras.layers.ReLU, 4),
+    ("robust_activation", "relu", keras.layers.ReLU, 5),  # relu1..4 and fc1's
     ("robust_pooling", "invertible", robust_layers.InvertibleDownsampling, 3),
+    ("robust_channel_gains", True, robust_layers.ChannelGain, 5),
 ])
 def test_replace_options_need_replace(option, value, layer, count, tmp_path):
     flag = "--" + option.replace("_", "-")
     for robust in (None, "insert"):
         config = TrainConfig(robust=robust, **{option: value})
-        with pytest.raises(ValueError, match=f"^{flag} {value} needs --robust replace .* --robust {robust}"):
+        shown = flag if value is True else f"{flag} {value}"
+        with pytest.raises(ValueError, match=f"^{shown} needs --robust replace .* --robust {robust}"):
             train(config, tmp_path / "run")
     model = build(TrainConfig(robust="replace", patch_size=32, **{option: value}))
-    assert sum(isinstance(l, layer) for l in model.layers) == count
+    assert sum(isinstance(l, layer) for l in all_layers(model)) == count
     assert lipschitz_bound(model) > 0
 
 
