@@ -5,7 +5,8 @@ import importlib
 import sys
 
 # One module per stage, in pipeline order; each has add_parser(subparsers), which sets
-# `func`. The modules import TensorFlow only inside `func`, so --help stays cheap.
+# `func`. The modules import their heavy parts inside `func`; the package itself imports
+# TensorFlow (its layers register for `.keras` loading), which is most of --help's time.
 COMMANDS = (
     "keras_robust_iqa.training.command",
     "keras_robust_iqa.pruning.command",
