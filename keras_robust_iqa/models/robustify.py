@@ -92,8 +92,8 @@ def robustify(model, mode="replace", *, after=None, keep_weights=True, group_siz
             each window: channels unchanged) or `"invertible"`
             (`InvertibleDownsampling`, space-to-depth: a permutation that
             loses nothing, so the next layer reads `s * s` times the
-            channels and costs more; in one run on the built-in dataset it
-            ranked JPEG better, README "Measured accuracy"). Both are
+            channels and costs more; on the built-in dataset it ranked JPEG
+            better on one seed of two, README "Measured accuracy"). Both are
             1-Lipschitz. The layer after an invertible pooling must accept
             the wider input (a convolution or a dense layer does; an `Add`
             with a branch that skips the pooling does not).

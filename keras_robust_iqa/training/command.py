@@ -33,8 +33,8 @@ def add_parser(subparsers):
     p.add_argument("--robust-pooling", default=d.robust_pooling, choices=ROBUST_POOLINGS,
                    help="what stands in for the pooling layers of --robust replace models: l2norm "
                    "(the L2 norm of each window) or invertible (space-to-depth: keeps every value, "
-                   "the next layer reads 4x the channels and costs more; in one run on the built-in "
-                   f"dataset it ranked JPEG better) (default: {d.robust_pooling})")
+                   "the next layer reads 4x the channels and costs more; on the built-in dataset it "
+                   f"ranked JPEG better on one seed of two) (default: {d.robust_pooling})")
     p.add_argument("--robust-channel-gains", action="store_true",
                    help="follow each orthogonal layer of --robust replace models by learnable "
                    "per-channel gains in [-1, 1] (still 1-Lipschitz; orthogonal layers alone cannot "
