@@ -9,6 +9,11 @@ Which weights `w_i` are:
   parameterised by;
 - `OrthoDense`: the row `Q[i]` of the orthogonal matrix it applies.
 
+A `ChannelGain` after the layer is part of that map: `ChannelGraph.scores()`
+multiplies the channel's mean weight by the gain's `|d_i|`, so a channel whose
+gain went to 0 scores 0 (an orthogonal layer alone cannot silence a channel;
+the gain can).
+
 Why the operator and not the free parameters: the Cayley transform of a zero
 matrix is the identity, so a free-kernel row near zero does not make a quiet
 channel (it passes its input through at full strength); the free kernel's

@@ -16,6 +16,7 @@ unknown layers are left whole rather than guessed at.
 """
 
 import keras
+import numpy as np
 from keras import tree
 
 from keras_robust_iqa import layers as robust_layers
@@ -171,6 +172,8 @@ class ChannelGraph:
         self.inputs_of = {}
         self.outputs_of = {}
         self.mixing = []
+        self.gains = []  # (ChannelGain, the atoms it reads, position by position)
+        self.same_channel = {}  # atom -> every atom merged into the same channel
         self._seen = set()
         _, outputs = walk(model, self._visit)
         for t in tree.flatten(outputs):
@@ -261,6 +264,8 @@ class ChannelGraph:
             return [x]
         if len(ins) == 1 and _is_channelwise_weighted(layer):
             self.inputs_of[layer.name] = self.outputs_of[layer.name] = x
+            if isinstance(layer, robust_layers.ChannelGain):
+                self.gains.append((layer, x))
             return [x]
         if len(ins) == 1 and _is_pass_through(layer):
             if isinstance(layer, robust_layers.GroupSort):
@@ -269,6 +274,9 @@ class ChannelGraph:
         if isinstance(layer, MERGES) and len({len(a) for a in ins}) == 1 and len(ins) > 1:
             for atoms in zip(*ins):
                 self._tie(atoms)
+                merged = set().union(*(self.same_channel.get(a, {a}) for a in atoms))
+                for a in merged:
+                    self.same_channel[a] = merged
             return [x]
         if isinstance(layer, keras.layers.Concatenate) and layer.axis in (-1, len(layer.input[0].shape) - 1):
             return [[a for atoms in ins for a in atoms]]
@@ -305,8 +313,25 @@ class ChannelGraph:
         return [i for i, a in enumerate(atoms) if self.group_of.get(a) not in pruned_groups]
 
     def scores(self):
-        """`{producer name: mean(|w_i|) per output channel}` from the current weights."""
-        return {name: criterion.channel_scores(layer) for name, layer in self.producers.items()}
+        """`{producer name: mean(|w_i|) per output channel}` from the current weights.
+
+        A `ChannelGain` that a channel passes through multiplies its score by `|d|`
+        (the mean over the positions where the channel reaches the gain): the linear map
+        that produces the channel is the layer's followed by the gain, and a gain near 0
+        silences the channel whatever the layer's weights.
+        """
+        scores = {name: criterion.channel_scores(layer) for name, layer in self.producers.items()}
+        for gain, atoms in self.gains:
+            magnitudes = np.abs(keras.ops.convert_to_numpy(gain.gain).astype(np.float64))
+            reached = {}
+            for atom, magnitude in zip(atoms, magnitudes):
+                for a in self.same_channel.get(atom, (atom,)):
+                    reached.setdefault(a, []).append(magnitude)
+            for atom, found in reached.items():
+                if atom in self.owner:
+                    name, i = self.owner[atom]
+                    scores[name][i] *= np.mean(found)
+        return scores
 
     def group_scores(self, scores):
         """Mean of the mean weights of each group's channels."""

@@ -194,7 +194,8 @@ def _report(run, graph, pruned_groups, scores, stages, *, schedule, **settings):
         **settings,
         "schedule": schedule.get_config() if schedule is not None else None,
         "criterion": "mean |w| over each output channel's weights; for OrthoConv2D / OrthoDense the "
-                     "weights of the orthogonal operator they compute (see keras_robust_iqa.pruning.criterion)",
+                     "weights of the orthogonal operator they compute, times |d| of a ChannelGain that follows "
+                     "(see keras_robust_iqa.pruning.criterion)",
         "prunable_channels": graph.prunable_channels,
         "pruned_channels": pruned_channels,
         "pruned_fraction": pruned_channels / graph.prunable_channels,
