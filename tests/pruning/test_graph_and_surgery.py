@@ -208,7 +208,6 @@ def test_channel_gains_are_pruned_with_their_channels():
     assert np.all(np.isfinite(np.asarray(pruned(x))))
 
 
-
 def test_a_zero_channel_gain_makes_a_channel_the_first_to_prune():
     # The gain is part of the map that produces the channel: score = |d| * mean|w|,
     # and a channel whose gain is 0 is silent, so removing it changes nothing.
