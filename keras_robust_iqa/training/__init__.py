@@ -1,4 +1,4 @@
-"""Training utilities: correlation statistics, epoch-level metrics, IQA losses."""
+"""Training utilities: correlation statistics, epoch-level metrics, IQA losses, distillation."""
 
 from keras_robust_iqa.training.calibration import calibrate_to_mos
 from keras_robust_iqa.training.correlation import (
@@ -10,6 +10,7 @@ from keras_robust_iqa.training.correlation import (
     plcc,
     srocc,
 )
+from keras_robust_iqa.training.distillation import distillation_targets, load_teacher
 from keras_robust_iqa.training.losses import (
     MeanAbsoluteError,
     MeanSquaredError,
@@ -38,4 +39,7 @@ __all__ = [
     "PairwiseRankLoss",
     # back to the MOS scale after a correlation loss
     "calibrate_to_mos",
+    # a trained run's patch scores mixed into the training targets
+    "distillation_targets",
+    "load_teacher",
 ]

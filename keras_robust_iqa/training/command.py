@@ -42,6 +42,13 @@ def add_parser(subparsers):
                    "and lowered its mean) (default: off)")
     p.add_argument("--weights", help="backbone weights: 'imagenet' or a weights file (backbones only)")
     p.add_argument("--init-from", metavar="RUN", help="start from the model of this run folder")
+    p.add_argument("--distill-from", metavar="RUN",
+                   help="distillation: mix the patch scores of this run's model (the teacher, e.g. a "
+                   "trained base run of the same dataset and patch size) into the training targets; "
+                   "validation and test read the real MOS (default: off)")
+    p.add_argument("--distill-weight", type=float, default=d.distill_weight, metavar="W",
+                   help="with --distill-from, each training patch's target is (1 - W) * MOS + W * "
+                   f"teacher score (default: {d.distill_weight})")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"maximum epochs (default: {d.epochs})")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"patches per batch (default: {d.batch_size})")
     p.add_argument("--patch-size", type=int, default=d.patch_size,
@@ -100,7 +107,8 @@ def run(args):
     config = TrainConfig(
         dataset=args.dataset, data_dir=args.data_dir, model=args.model, robust=args.robust,
         robust_activation=args.robust_activation, robust_pooling=args.robust_pooling,
-        robust_channel_gains=args.robust_channel_gains, weights=args.weights, init_from=args.init_from, epochs=args.epochs,
+        robust_channel_gains=args.robust_channel_gains, weights=args.weights, init_from=args.init_from,
+        distill_from=args.distill_from, distill_weight=args.distill_weight, epochs=args.epochs,
         batch_size=args.batch_size, patch_size=args.patch_size,
         patches_per_image=args.patches_per_image,
         augment=None if args.augment == "none" else args.augment, learning_rate=args.learning_rate,

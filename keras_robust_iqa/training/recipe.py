@@ -46,6 +46,9 @@ def recipe_parser(config, description=None):
     parser.add_argument("--init-from", metavar="RUN", default=config.init_from,
                         help="start from the model of this run folder (e.g. robustify a "
                         "trained base model)")
+    parser.add_argument("--distill-from", metavar="RUN", default=config.distill_from,
+                        help=f"mix the patch scores of this run's model into the training targets "
+                        f"(weight {config.distill_weight}; e.g. a trained base run teaching a replace model)")
     return parser
 
 
@@ -76,7 +79,7 @@ def _apply(config, args):
                                  robust_activation=args.robust_activation,
                                  robust_pooling=args.robust_pooling,
                                  robust_channel_gains=args.robust_channel_gains, weights=weights,
-                                 init_from=args.init_from)
+                                 init_from=args.init_from, distill_from=args.distill_from)
     out = args.out or f"runs/{config.dataset}-{config.model}" + (f"-{robust}" if robust else "")
     return config, out
 

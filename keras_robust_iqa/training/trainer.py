@@ -29,6 +29,7 @@ from keras_robust_iqa.training.calibration import CORRELATION_LOSSES, calibrate_
 from keras_robust_iqa.training.callbacks import WholeImageValidation
 from keras_robust_iqa.training.correlation import correlations, correlations_by_distortion
 from keras_robust_iqa.training.defenses import DEFENSES, InnerModelCheckpoint, defend
+from keras_robust_iqa.training.distillation import distillation_targets, load_teacher
 from keras_robust_iqa.training.metrics import KRCC, PLCC, SROCC
 
 LOSSES = {
@@ -60,6 +61,10 @@ class TrainConfig:
     robust_channel_gains: bool = False
     weights: str | None = None
     init_from: str | None = None
+    # A run folder whose model's patch scores are mixed into the training targets, with
+    # this weight (training/distillation.py); validation and test read the real MOS.
+    distill_from: str | None = None
+    distill_weight: float = 0.5
     epochs: int = 30
     batch_size: int = 32
     patch_size: int = 64
@@ -116,6 +121,8 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}.")
         if not self.learning_rate > 0:
             raise ValueError(f"--learning-rate must be positive, got {self.learning_rate!r}.")
+        if not 0 <= self.distill_weight <= 1:
+            raise ValueError(f"--distill-weight must be in [0, 1], got {self.distill_weight!r}.")
         if self.ema is not None and not 0 < self.ema < 1:
             raise ValueError(f"--ema must be a momentum in (0, 1), such as 0.99, got {self.ema!r}.")
         if self.defense not in (None, *DEFENSES):
@@ -231,11 +238,14 @@ def train(config, out, *, verbose="auto", callbacks=()):
     # First, before any TensorFlow op: MultiWorkerMirroredStrategy configures
     # collective ops, which TensorFlow only allows at program start-up.
     strategy = make_strategy(config.strategy)
-    out = pathlib.Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
 
     table, train_ds, val_ds = load_datasets(config)
+    if config.distill_from:
+        teacher = load_teacher(config.distill_from, table, config.patch_size)
+        train_ds = distillation_targets(train_ds, teacher, config.distill_weight)
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
 
     with strategy.scope():
         model = defend(build(config), config.defense, eps=config.defense_eps,

@@ -38,6 +38,7 @@ def test_recipe_settings(name):
     config.validate()
     assert config.dataset == name
     assert config.data_dir is None and config.robust is None and config.init_from is None
+    assert config.distill_from is None
     assert config.patch_size % 8 == 0  # every model, the small one included, takes it
     if name == "builtin":
         assert config.model == "small" and config.weights is None
@@ -53,7 +54,7 @@ def test_recipe_script_help(name, monkeypatch, capsys):
         runpy.run_path(str(REPO_ROOT / "training" / f"{name}.py"), run_name="__main__")
     assert info.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--data-dir", "--out", "--model", "--robust", "--init-from"):
+    for option in ("--data-dir", "--out", "--model", "--robust", "--init-from", "--distill-from"):
         assert option in text
     assert f"patch_size={load(name)['CONFIG'].patch_size}" in text
 
@@ -84,10 +85,12 @@ def test_defaults_and_overrides():
     # The small model has no pretrained weights: it starts from scratch.
     config, out = recipe.recipe_config(KONIQ, ["--data-dir", "d", "--model", "small",
                                                "--robust", "replace", "--robust-activation", "relu",
-                                               "--robust-pooling", "invertible", "--robust-channel-gains"])
+                                               "--robust-pooling", "invertible", "--robust-channel-gains",
+                                               "--distill-from", "runs/teacher"])
     assert (config.model, config.weights, config.robust) == ("small", None, "replace")
     assert (config.robust_activation, config.robust_pooling, config.robust_channel_gains) == \
         ("relu", "invertible", True)
+    assert config.distill_from == "runs/teacher"
     assert out == "runs/koniq10k-small-replace"
 
 

@@ -18,6 +18,7 @@ import functools
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -28,6 +29,7 @@ import keras
 import numpy as np
 import pytest
 import scipy.stats
+import tensorflow as tf
 from helpers import BUILTIN_SIZE
 
 from keras_robust_iqa import data as iqa_data
@@ -35,6 +37,7 @@ from keras_robust_iqa import layers as robust_layers
 from keras_robust_iqa import models as iqa_models
 from keras_robust_iqa.data.builtin import builtin_folder
 from keras_robust_iqa.models import lipschitz_bound
+from keras_robust_iqa.training.distillation import distillation_targets
 from keras_robust_iqa.training.trainer import (TrainConfig, build, compile_model, evaluate_images, load_run_model,
                                                train)
 
@@ -209,6 +212,68 @@ def test_robust_insert_run_from_a_trained_run(base_run, small_builtin, tmp_path)
     assert json.loads((out / "config.json").read_text())["init_from"] == str(run)
 
 
+def test_distillation_targets_mix_the_mos_and_the_teacher_score():
+    # A teacher that scores a patch by its mean pixel value.
+    teacher = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.GlobalAveragePooling2D(),
+                                keras.layers.Dense(1, kernel_initializer=keras.initializers.Constant(1 / 3))])
+    patches = np.random.default_rng(0).uniform(size=(6, 8, 8, 3)).astype("float32")
+    mos = np.linspace(0.1, 0.9, 6).astype("float32")
+    dataset = tf.data.Dataset.from_tensor_slices((patches, mos)).batch(4)
+    for weight in (0.0, 0.3, 1.0):
+        mixed = distillation_targets(dataset, teacher, weight)
+        got_patches = np.concatenate([x for x, _ in mixed.as_numpy_iterator()])
+        targets = np.concatenate([y for _, y in mixed.as_numpy_iterator()])
+        np.testing.assert_array_equal(got_patches, patches)
+        np.testing.assert_allclose(targets, (1 - weight) * mos + weight * patches.mean(axis=(1, 2, 3)), atol=1e-6)
+    with pytest.raises(ValueError, match=r"^--distill-weight must be in \[0, 1\], got 1.5"):
+        distillation_targets(dataset, teacher, 1.5)
+
+
+def test_distilled_run_learns_from_the_teacher_run(base_run, small_builtin, tmp_path, monkeypatch):
+    from keras_robust_iqa.training import trainer
+
+    run, _ = base_run
+    seen = []
+
+    def spy(dataset, teacher, weight):
+        seen.append((teacher, weight))
+        return distillation_targets(dataset, teacher, weight)
+
+    monkeypatch.setattr(trainer, "distillation_targets", spy)
+    out = tmp_path / "distilled"
+    metrics = train(tiny(small_builtin, distill_from=str(run), distill_weight=0.25), out, verbose=0)
+    assert_run_folder(out, metrics)
+    ((teacher, weight),) = seen
+    assert weight == 0.25 and not teacher.trainable
+    assert_same_weights(teacher.get_weights(), load_run_model(run).get_weights())
+    config = json.loads((out / "config.json").read_text())
+    assert (config["distill_from"], config["distill_weight"]) == (str(run), 0.25)
+
+
+def test_distillation_refuses_a_teacher_on_another_scale(base_run, small_builtin, tmp_path):
+    run, _ = base_run
+
+    def teacher_with(name, edit):
+        teacher = tmp_path / name
+        shutil.copytree(run, teacher)
+        path = teacher / edit[0]
+        path.write_text(json.dumps(json.loads(path.read_text()) | edit[1]))
+        return teacher
+
+    cases = [
+        (teacher_with("koniq", ("config.json", {"dataset_name": "koniq10k", "mos_range": [1.0, 5.0]})),
+         {}, "trained on 'koniq10k' with MOS range \\[1.0, 5.0\\], this run reads 'builtin'"),
+        (teacher_with("uncalibrated", ("config.json", {"loss": "plcc"})),
+         {}, "plcc loss and has no mos_calibration"),
+        (run, {"patch_size": PATCH // 2}, f"teacher scores {PATCH}x{PATCH} patches, this run trains on 16x16"),
+    ]
+    for teacher, overrides, message in cases:
+        out = tmp_path / f"student-{teacher.name}"
+        with pytest.raises(ValueError, match=f"^--distill-from {re.escape(str(teacher))}: .*{message}"):
+            train(tiny(small_builtin, distill_from=str(teacher), **overrides), out, verbose=0)
+        assert not out.exists()  # refused before anything was written
+
+
 def test_correlation_loss_run_is_saved_on_the_mos_scale(small_builtin, tmp_path):
     from keras_robust_iqa.models import score_images
     from keras_robust_iqa.training.calibration import calibrate_to_mos
@@ -368,6 +433,8 @@ def test_ema_run_validates_and_saves_the_averaged_weights(small_builtin, tmp_pat
         ("learning_rate", float("nan"), "--learning-rate"),
         ("ema", 1.0, "--ema"),
         ("ema", 0.0, "--ema"),
+        ("distill_weight", 1.5, "--distill-weight"),
+        ("distill_weight", -0.1, "--distill-weight"),
     ],
 )
 def test_bad_config_values_name_the_option(option, value, flag, tmp_path):
