@@ -211,7 +211,8 @@ def evaluate_images(model, table, split):
 
 
 def load_datasets(config):
-    """The table of `config`'s dataset and its training and validation pipelines."""
+    """The table of `config`'s dataset and its training and validation pipelines (the training
+    targets mixed with the teacher's scores when `config.distill_from` names one)."""
     table = iqa_data.load_table(config.dataset, config.data_dir, min_size=config.patch_size)
     train_ds = iqa_data.make_dataset(
         table, "train", patch_size=config.patch_size, batch_size=config.batch_size,
@@ -222,6 +223,9 @@ def load_datasets(config):
         table, "val", patch_size=config.patch_size, batch_size=config.batch_size,
         training=False, crop_size=config.patch_size,
     )
+    if config.distill_from:
+        teacher = load_teacher(config.distill_from, table, config.patch_size)
+        train_ds = distillation_targets(train_ds, teacher, config.distill_weight)
     return table, train_ds, val_ds
 
 
@@ -240,10 +244,7 @@ def train(config, out, *, verbose="auto", callbacks=()):
     strategy = make_strategy(config.strategy)
     keras.utils.set_random_seed(config.seed)
 
-    table, train_ds, val_ds = load_datasets(config)
-    if config.distill_from:
-        teacher = load_teacher(config.distill_from, table, config.patch_size)
-        train_ds = distillation_targets(train_ds, teacher, config.distill_weight)
+    table, train_ds, val_ds = load_datasets(config)  # a bad teacher fails here, before any file is written
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -8,6 +8,7 @@ falling with the blur), so that the whole file takes seconds.
 import dataclasses
 import json
 import re
+import shutil
 
 import keras
 import numpy as np
@@ -75,6 +76,30 @@ def test_prune_writes_a_run_folder_and_a_report(tiny_run, pruned_run):
     widths = {name: layer["channels_after"] for name, layer in report["layers"].items()}
     # round(0.4 * MaxMin pairs) of each layer: 2 of 4, 3 of 8, 2 of 4; the output stays.
     assert widths == {"conv1_ortho": 4, "conv2_ortho": 10, "fc1_ortho": 4, "quality_ortho": 1}
+
+
+def test_a_distilled_run_is_pruned_and_fine_tuned_on_its_teachers_targets(tiny_run, tmp_path, monkeypatch):
+    from keras_robust_iqa import data
+    from keras_robust_iqa.training import trainer
+
+    config = json.loads((tiny_run / "config.json").read_text())
+    table = data.load_table("csv", config["data_dir"])
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    shutil.copytree(tiny_run, teacher)
+    (teacher / "config.json").write_text(
+        json.dumps(config | {"dataset_name": table.name, "mos_range": list(table.mos_range)}))
+    shutil.copytree(tiny_run, student)
+    (student / "config.json").write_text(json.dumps(config | {"distill_from": str(teacher), "distill_weight": 0.3}))
+    seen = []
+    real = trainer.distillation_targets
+    monkeypatch.setattr(trainer, "distillation_targets",
+                        lambda dataset, model, weight: seen.append(weight) or real(dataset, model, weight))
+    out = tmp_path / "pruned"
+    assert cli.main(["prune", "--run", str(student), "--fraction", "0.4", "--prune-epochs", "1",
+                     "--finetune-epochs", "1", "--out", str(out)]) == 0
+    assert seen == [0.3, 0.3]  # the pruning epochs and the fine-tuning learn from the same targets
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["distill_from"], saved["distill_weight"]) == (str(teacher), 0.3)
 
 
 def test_pruned_model_reloads_safely_and_trains(pruned_run):
