@@ -11,9 +11,9 @@ learn to from the labels alone (README, "Measured accuracy").
 Only the training targets change: validation, the checkpoint and the test read the real
 MOS. The teacher runs inside the input pipeline and is not part of the saved model. Input
 pipelines run on the host's CPU: cheap for the small base model (the distilled `replace`
-runs on the built-in set took about as long per epoch as the plain ones), slow for a large backbone
-teacher on a GPU machine, where the teacher's scores would better be computed once and
-stored with the data, or inside the training step.
+runs on the built-in set took about as long per epoch as the plain ones), slow for a large
+backbone teacher on a GPU machine, where the teacher's scores would better be computed
+once and stored with the data, or inside the training step.
 """
 
 import json
