@@ -31,6 +31,9 @@ def load_teacher(run, table, patch_size):
 
     run = pathlib.Path(run)
     teacher = load_run_model(run)
+    if not (run / "config.json").is_file():
+        raise FileNotFoundError(f"--distill-from {run}: the run folder holds no config.json (written by "
+                                f"`robust-iqa train`), so the teacher's MOS scale is unknown.")
     config = json.loads((run / "config.json").read_text())
     if (config.get("dataset_name"), config.get("mos_range")) != (table.name, list(table.mos_range)):
         raise ValueError(

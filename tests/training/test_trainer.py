@@ -272,6 +272,11 @@ def test_distillation_refuses_a_teacher_on_another_scale(base_run, small_builtin
         with pytest.raises(ValueError, match=f"^--distill-from {re.escape(str(teacher))}: .*{message}"):
             train(tiny(small_builtin, distill_from=str(teacher), **overrides), out, verbose=0)
         assert not out.exists()  # refused before anything was written
+    no_config = tmp_path / "no-config"
+    shutil.copytree(run, no_config)
+    (no_config / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match=f"^--distill-from {re.escape(str(no_config))}: .* no config.json"):
+        train(tiny(small_builtin, distill_from=str(no_config)), tmp_path / "student", verbose=0)
 
 
 def test_correlation_loss_run_is_saved_on_the_mos_scale(small_builtin, tmp_path):
