@@ -113,7 +113,11 @@ def prune_run(run, out, *, fraction=None, tau=None, prune_epochs=1, finetune_epo
     initial_scores = graph.scores()
     if tau is not None:
         graph.select(initial_scores, tau=tau)  # a tau that empties a layer fails here, before any training
-    config = dataclasses.replace(config, learning_rate=learning_rate, robust=None, weights=None)
+    # The model is built: the options that build one (robustify's, the backbone weights) no
+    # longer apply, and the replace-only ones would fail validation without --robust replace.
+    config = dataclasses.replace(config, learning_rate=learning_rate, robust=None, weights=None,
+                                 robust_activation="groupsort", robust_pooling="l2norm",
+                                 robust_channel_gains=False)
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -102,6 +102,24 @@ def test_a_distilled_run_is_pruned_and_fine_tuned_on_its_teachers_targets(tiny_r
     assert (saved["distill_from"], saved["distill_weight"]) == (str(teacher), 0.3)
 
 
+def test_a_relu_replace_run_with_channel_gains_is_pruned_and_fine_tuned(tiny_run, tmp_path):
+    # The options that built the model must not fail the fine-tuning's config validation.
+    config = json.loads((tiny_run / "config.json").read_text())
+    run = tmp_path / "relu-gains"
+    run.mkdir()
+    keras.utils.set_random_seed(0)
+    robustify(small_iqa_cnn(SIZE, widths=(8, 16), head_units=8), mode="replace", activation="relu",
+              channel_gains=True).save(run / "model.keras")
+    (run / "config.json").write_text(json.dumps(config | {"robust_activation": "relu", "robust_channel_gains": True}))
+    out = tmp_path / "pruned"
+    assert cli.main(["prune", "--run", str(run), "--fraction", "0.3", "--prune-epochs", "0",
+                     "--finetune-epochs", "1", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert -1 <= metrics["test"]["srocc"] <= 1 and metrics["lipschitz_bound"] > 0
+    model = keras.saving.load_model(out / "model.keras", safe_mode=True)
+    assert any(isinstance(layer, keras.layers.ReLU) for layer in model.layers)
+
+
 def test_pruned_model_reloads_safely_and_trains(pruned_run):
     model = keras.saving.load_model(pruned_run / "model.keras", safe_mode=True)
     model.compile(keras.optimizers.Adam(1e-3), "mse")
