@@ -36,6 +36,11 @@ STAGES = ("before", "after_pruning", "after_finetune")
 BOUND_WEIGHTS = (robust_layers.OutputScale, robust_layers.ConvexCombination)
 
 
+# The TrainConfig options that only build a model, at their defaults.
+_BUILD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)
+                   if f.name in ("robust", "robust_activation", "robust_pooling", "robust_channel_gains", "weights")}
+
+
 def read_run(run):
     """The model (safe mode) and `TrainConfig` of a run folder."""
     run = pathlib.Path(run)
@@ -115,9 +120,7 @@ def prune_run(run, out, *, fraction=None, tau=None, prune_epochs=1, finetune_epo
         graph.select(initial_scores, tau=tau)  # a tau that empties a layer fails here, before any training
     # The model is built: the options that build one (robustify's, the backbone weights) no
     # longer apply, and the replace-only ones would fail validation without --robust replace.
-    config = dataclasses.replace(config, learning_rate=learning_rate, robust=None, weights=None,
-                                 robust_activation="groupsort", robust_pooling="l2norm",
-                                 robust_channel_gains=False)
+    config = dataclasses.replace(config, learning_rate=learning_rate, **_BUILD_DEFAULTS)
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
