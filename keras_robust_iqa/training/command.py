@@ -81,9 +81,12 @@ def add_parser(subparsers):
                    "plain model (default: none)")
     p.add_argument("--defense-eps", type=fraction, default=d.defense_eps,
                    help="L-inf budget of the adversarial-training FGSM step, in [0, 1] pixel units; "
-                   "a fraction such as 4/255 is accepted (default: 4/255)")
+                   "a fraction such as 4/255 is accepted. NT with --loss plcc or rank penalises the "
+                   "gain at this budget relative to the batch's score spread (default: 4/255)")
     p.add_argument("--nt-lambda", type=float, default=d.nt_lambda,
-                   help=f"weight of NT's gradient-norm penalty (default: {d.nt_lambda})")
+                   help=f"weight of NT's gradient-norm penalty; with --loss plcc or rank the penalty is "
+                   f"scale-free (the gain at --defense-eps over the score spread) and needs its own "
+                   f"weight (default: {d.nt_lambda})")
     p.add_argument("--nt-h", type=float, default=d.nt_h,
                    help=f"NT's finite-difference step in [0, 1] pixel units (default: {d.nt_h})")
     p.add_argument("--out", required=True, help="run folder to write, e.g. runs/NAME")

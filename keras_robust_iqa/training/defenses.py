@@ -96,27 +96,46 @@ class NormRegularizedTraining(_DefendedModel):
     All passes run in training mode, as in the reference (PyTorch `model.train()`), so
     BatchNorm statistics also see the `h`-shifted batch.
 
+    With a scale-free loss (PLCC, rank: the score's scale is left free) the penalty above
+    is ill-posed: shrinking every score by `c` leaves the loss as it is and the penalty
+    times `c^2`, so training can zero it without making the model any harder to inflate
+    relative to its own spread (calibration onto the MOS scale scales it back). Given
+    `relative_eps`, the penalty is on `relative_eps * slope / std(f(x))` instead: the
+    first-order gain of an L-inf attack of that budget in units of the batch's score
+    spread, the quantity the MSU benchmark's MinMax-scaled gain measures. It is unchanged
+    when the scores are scaled.
+
     Args:
         inner: the IQA model, one score per image.
         nt_lambda: weight of the penalty (`lambda`; 1e-3 in the paper).
         h: finite-difference step in [0, 1] pixel units (0.01 in the paper).
+        relative_eps: None (the paper's penalty) or an L-inf budget in [0, 1] pixel units:
+            penalise the gain at that budget relative to the batch's score spread.
     """
 
-    def __init__(self, inner, nt_lambda=1e-3, h=0.01, **kwargs):
+    def __init__(self, inner, nt_lambda=1e-3, h=0.01, relative_eps=None, **kwargs):
         if not nt_lambda >= 0 or nt_lambda == float("inf"):
             raise ValueError(f"nt_lambda must be a finite number >= 0, got {nt_lambda!r}.")
         if not 0 < h < float("inf"):
             raise ValueError(f"h must be a positive finite step, got {h!r}.")
+        if relative_eps is not None and not 0 < relative_eps <= 1:
+            raise ValueError(f"relative_eps must be None or in (0, 1] (images are in [0, 1]), got {relative_eps!r}.")
         super().__init__(inner, **kwargs)
         self.nt_lambda = float(nt_lambda)
         self.h = float(h)
+        self.relative_eps = None if relative_eps is None else float(relative_eps)
 
     def gradient_penalty(self, x, training=True):
-        """(f(x), the penalty `lam * 0.5 * mean(((f(x + h d) - f(x)) / h) ** 2)`)."""
+        """(f(x), the penalty `lam * 0.5 * mean(((f(x + h d) - f(x)) / h) ** 2)`, or with
+        `relative_eps` the same of `relative_eps * slope / std(f(x))`)."""
         scores, gradient = self.score_gradient(x, training=training)
         direction = tf.stop_gradient(tf.sign(gradient))
         moved = self(x + self.h * direction, training=training)
-        slope = (tf.cast(moved, tf.float32) - tf.cast(scores, tf.float32)) / self.h
+        clean = tf.cast(scores, tf.float32)
+        slope = (tf.cast(moved, tf.float32) - clean) / self.h
+        if self.relative_eps is not None:
+            # The spread is differentiated too: a wider spread is as good as a flatter model.
+            slope = self.relative_eps * slope / (tf.math.reduce_std(clean) + 1e-6)
         return scores, self.nt_lambda * 0.5 * tf.reduce_mean(tf.square(slope))
 
     def defended_loss(self, x, y, sample_weight):
@@ -126,7 +145,8 @@ class NormRegularizedTraining(_DefendedModel):
         return y_pred, loss + tf.cast(penalty / _replicas(), loss.dtype)
 
     def get_config(self):
-        return {**super().get_config(), "nt_lambda": self.nt_lambda, "h": self.h}
+        return {**super().get_config(), "nt_lambda": self.nt_lambda, "h": self.h,
+                "relative_eps": self.relative_eps}
 
 
 @keras.saving.register_keras_serializable(package="keras_robust_iqa")
@@ -216,12 +236,17 @@ class InnerModelCheckpoint(keras.callbacks.ModelCheckpoint):
         super().set_model(model.inner if isinstance(model, _DefendedModel) else model)
 
 
-def defend(model, defense=None, *, eps=4 / 255, nt_lambda=1e-3, nt_h=0.01):
-    """`model` wrapped for `defense` ("nt", "adversarial"), or `model` itself for None."""
+def defend(model, defense=None, *, eps=4 / 255, nt_lambda=1e-3, nt_h=0.01, scale_free_loss=False):
+    """`model` wrapped for `defense` ("nt", "adversarial"), or `model` itself for None.
+
+    `scale_free_loss`: the loss leaves the score's scale free (PLCC, rank), so NT penalises
+    the gain at `eps` relative to the batch's score spread (`relative_eps`).
+    """
     if defense is None:
         return model
     if defense == "nt":
-        return NormRegularizedTraining(model, nt_lambda=nt_lambda, h=nt_h)
+        return NormRegularizedTraining(model, nt_lambda=nt_lambda, h=nt_h,
+                                       relative_eps=eps if scale_free_loss else None)
     if defense == "adversarial":
         return AdversarialTraining(model, eps=eps)
     raise ValueError(f"defense must be one of {DEFENSES} or None, got {defense!r}.")

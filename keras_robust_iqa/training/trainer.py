@@ -250,7 +250,8 @@ def train(config, out, *, verbose="auto", callbacks=()):
 
     with strategy.scope():
         model = defend(build(config), config.defense, eps=config.defense_eps,
-                       nt_lambda=config.nt_lambda, nt_h=config.nt_h)
+                       nt_lambda=config.nt_lambda, nt_h=config.nt_h,
+                       scale_free_loss=config.loss in CORRELATION_LOSSES)
         steps_per_epoch = math.ceil(
             int((table.splits == "train").sum()) * config.patches_per_image / config.batch_size)
         model = compile_model(model, config, steps_per_epoch)

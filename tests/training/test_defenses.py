@@ -69,6 +69,31 @@ def test_nt_penalty_of_a_linear_model_is_its_l1_norm_squared(h):
     np.testing.assert_allclose(np.asarray(scores), np.asarray(model(interior_images())), rtol=1e-6)
 
 
+def test_relative_nt_penalty_of_a_linear_model_is_the_gain_over_the_score_spread():
+    """`relative_eps`: the slope ||w||_1 times eps, over the batch's score spread, squared."""
+    model, w, b = linear_model()
+    x = interior_images()
+    nt = NormRegularizedTraining(model, nt_lambda=2.0, h=1e-3, relative_eps=EPS)
+    _, penalty = nt.gradient_penalty(x)
+    spread = np.std(x.reshape(len(x), -1).astype(np.float64) @ w + b)
+    np.testing.assert_allclose(float(penalty), (EPS * np.abs(w).sum() / spread) ** 2, rtol=2e-3)
+
+
+@pytest.mark.parametrize("scale", [0.1, 10.0])
+def test_relative_nt_penalty_cannot_be_lowered_by_shrinking_the_scores(scale):
+    """Why it exists: under a scale-free loss, scaling the scores by c multiplies the
+    paper's penalty by c^2 and leaves the relative one as it is."""
+    model, w, b = linear_model()
+    x = interior_images()
+    penalties = lambda m: [float(NormRegularizedTraining(m, h=1e-3, relative_eps=eps).gradient_penalty(x)[1])
+                           for eps in (None, EPS)]
+    absolute, relative = penalties(model)
+    model.layers[-1].set_weights([scale * w[:, None].astype("float32"), np.array([scale * b], "float32")])
+    scaled_absolute, scaled_relative = penalties(model)
+    np.testing.assert_allclose(scaled_absolute, scale ** 2 * absolute, rtol=1e-3)
+    np.testing.assert_allclose(scaled_relative, relative, rtol=1e-3)
+
+
 def test_nt_finite_difference_is_the_gradient_l1_norm_of_a_smooth_model():
     """Nonlinear and smooth: the slope along sign(grad) tends to ||grad f(x)||_1, per image."""
     keras.utils.set_random_seed(3)
@@ -217,6 +242,8 @@ def test_adversarial_training_needs_patches_for_the_ssim_window():
         (lambda m: NormRegularizedTraining(m, nt_lambda=-1.0), "nt_lambda"),
         (lambda m: NormRegularizedTraining(m, nt_lambda=float("nan")), "nt_lambda"),
         (lambda m: NormRegularizedTraining(m, h=0.0), "h must"),
+        (lambda m: NormRegularizedTraining(m, relative_eps=0.0), "relative_eps"),
+        (lambda m: NormRegularizedTraining(m, relative_eps=4.0), "relative_eps"),
         (lambda m: AdversarialTraining(m, eps=0.0), "eps"),
         (lambda m: AdversarialTraining(m, eps=2.0), "eps"),
         (lambda m: AdversarialTraining(m, label_range=(1, 1)), "label_range"),
@@ -231,6 +258,7 @@ def test_bad_arguments_are_named(make, match):
 
 @pytest.mark.parametrize("cls, kwargs", [
     (NormRegularizedTraining, {"nt_lambda": 0.02, "h": 0.005}),
+    (NormRegularizedTraining, {"nt_lambda": 2.0, "h": 0.005, "relative_eps": 8 / 255}),
     (AdversarialTraining, {"eps": 8 / 255, "label_penalty": 0.5, "label_range": [1.0, 5.0]}),
 ])
 def test_config_round_trip_and_safe_mode_save(cls, kwargs, tmp_path):
@@ -253,6 +281,8 @@ def test_defend_without_a_defense_is_the_model_itself():
     model = linear_model()[0]
     assert defend(model) is model
     assert defend(model, "nt", nt_lambda=0.5, nt_h=0.02).get_config()["h"] == 0.02
+    assert defend(model, "nt").relative_eps is None  # the paper's penalty
+    assert defend(model, "nt", eps=2 / 255, scale_free_loss=True).relative_eps == 2 / 255
     assert defend(model, "adversarial", eps=2 / 255).eps == 2 / 255
 
 
@@ -309,6 +339,20 @@ def test_nt_run_folder_holds_the_plain_model(small_builtin, tmp_path):
     train(config, tmp_path / "nt", verbose=0)
     saved = assert_plain_run(tmp_path / "nt", "nt")
     assert saved["nt_lambda"] == 0.01 and saved["nt_h"] == 0.01
+
+
+@pytest.mark.slow
+def test_nt_with_a_correlation_loss_penalises_the_relative_gain(small_builtin, tmp_path, monkeypatch):
+    from keras_robust_iqa.training import trainer
+
+    wrapped = []
+    monkeypatch.setattr(trainer, "defend", lambda *a, **k: wrapped.append(defend(*a, **k)) or wrapped[-1])
+    config = TrainConfig(dataset="builtin", data_dir=str(small_builtin), model="small", epochs=1,
+                         batch_size=32, patch_size=32, patches_per_image=1, loss="plcc",
+                         defense="nt", defense_eps=2 / 255, nt_lambda=1.0)
+    train(config, tmp_path / "nt-plcc", verbose=0)
+    assert wrapped[-1].relative_eps == 2 / 255 and wrapped[-1].nt_lambda == 1.0
+    assert_plain_run(tmp_path / "nt-plcc", "nt")
 
 
 @pytest.mark.slow
