@@ -15,8 +15,11 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 ## make test: create .venv, install, run the whole test suite
+# One pytest worker per core (pytest-xdist): much of a test's time is single-threaded graph
+# tracing. --dist loadfile keeps each file on one worker, so its module-scoped fixtures
+# (trained runs) are built once.
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --dist loadfile
 
 ## make demo: create .venv, install, run the main job on the built-in data
 demo: $(STAMP)
