@@ -15,11 +15,13 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 ## make test: create .venv, install, run the whole test suite
-# One pytest worker per core (pytest-xdist): much of a test's time is single-threaded graph
-# tracing. --dist loadfile keeps each file on one worker, so its module-scoped fixtures
-# (trained runs) are built once.
+# Two pytest workers (pytest-xdist): much of a test's time is single-threaded graph tracing.
+# A fixed count, not -n auto: a container can show more CPUs than its quota, and every worker
+# holds a TensorFlow runtime. `make test TEST_WORKERS=auto` uses one per core. --dist loadfile
+# keeps each file on one worker, so its module-scoped fixtures (trained runs) are built once.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -n auto --dist loadfile
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 ## make demo: create .venv, install, run the main job on the built-in data
 demo: $(STAMP)
