@@ -1,5 +1,6 @@
 """The RobustBlock family: orthogonal and norm-preserving Keras 3 layers."""
 
+from keras_robust_iqa.layers.block_ortho_conv2d import BlockOrthoConv2D
 from keras_robust_iqa.layers.channel_gain import ChannelGain
 from keras_robust_iqa.layers.convex_combination import ConvexCombination
 from keras_robust_iqa.layers.global_l2_norm_pooling2d import GlobalL2NormPooling2D
@@ -13,6 +14,7 @@ from keras_robust_iqa.layers.output_scale import OutputScale
 from keras_robust_iqa.layers.robust_block import RobustBlock
 
 __all__ = [
+    "BlockOrthoConv2D",
     "ChannelGain",
     "ConvexCombination",
     "GlobalL2NormPooling2D",

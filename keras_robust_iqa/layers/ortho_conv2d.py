@@ -3,11 +3,11 @@ import tensorflow as tf
 
 from keras_robust_iqa.layers import linalg
 from keras_robust_iqa.layers.validation import (
-    check_positive_int,
     check_rank4,
     float32_dtype_policy,
-    normalize_pair,
+    orthogonal_conv_arguments,
 )
+from keras_robust_iqa.layers.weight_cache import DerivedWeightCache
 
 
 @keras.saving.register_keras_serializable(package="keras_robust_iqa")
@@ -53,19 +53,9 @@ class OrthoConv2D(keras.layers.Layer):
     ):
         kwargs["dtype"] = float32_dtype_policy(kwargs.get("dtype"))
         super().__init__(**kwargs)
-        self.filters = check_positive_int("filters", filters)
-        self.kernel_size = normalize_pair("kernel_size", kernel_size)
-        self.strides = normalize_pair("strides", strides, allowed=(1, 2))
-        if self.strides[0] != self.strides[1]:
-            raise ValueError(
-                f"Argument `strides` must be equal along both axes, got {strides}."
-            )
-        if padding not in ("same", "circular"):
-            raise ValueError(
-                "Argument `padding` must be 'same' or 'circular', "
-                f"got padding={padding!r}."
-            )
-        self.padding = padding
+        self.filters, self.kernel_size, self.strides, self.padding = orthogonal_conv_arguments(
+            filters, kernel_size, strides, padding
+        )
         self.use_bias = bool(use_bias)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
@@ -122,20 +112,11 @@ class OrthoConv2D(keras.layers.Layer):
         self._build_inference_cache()
 
     def _build_inference_cache(self):
-        # Plain tf.Variables, not Keras weights: they are derived from the
-        # weights, so they must not be saved to `.keras` files or trained.
         h, w = self.fft_size
-        n_freq = h * (w // 2 + 1)
-        sync = dict(
-            trainable=False,
-            synchronization=tf.VariableSynchronization.ON_READ,
-            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        self._cache = DerivedWeightCache(
+            [self.kernel, self.alpha], (h * (w // 2 + 1), self.filters, self.input_channels),
+            tf.complex64, name="q",
         )
-        self._cache_q = tf.Variable(
-            tf.zeros((n_freq, self.filters, self.input_channels), tf.complex64), name="q_cache", **sync
-        )
-        self._cache_kernel = tf.Variable(tf.zeros(self.kernel.shape), name="kernel_seen", **sync)
-        self._cache_alpha = tf.Variable(tf.constant(float("nan")), name="alpha_seen", **sync)
 
     # Computation --------------------------------------------------------------
 
@@ -150,31 +131,11 @@ class OrthoConv2D(keras.layers.Layer):
         return linalg.orthogonal_frequency_matrices(self.kernel, self.alpha, *self.fft_size)
 
     def _cached_frequency_matrices(self):
-        kernel = tf.convert_to_tensor(self.kernel)
-        alpha = tf.convert_to_tensor(self.alpha)
         # Comparing the weights costs a few thousand flops; recomputing costs
-        # one matrix inverse per frequency. NaN never equals, so the first
-        # call always fills the cache.
-        fresh = tf.logical_and(
-            tf.reduce_all(tf.equal(self._cache_kernel, kernel)),
-            tf.equal(self._cache_alpha, alpha),
+        # one matrix inverse per frequency.
+        return self._cache.get(
+            lambda kernel, alpha: linalg.orthogonal_frequency_matrices(kernel, alpha, *self.fft_size)
         )
-
-        def reuse():
-            return tf.identity(self._cache_q)
-
-        def refresh():
-            q = linalg.orthogonal_frequency_matrices(kernel, alpha, *self.fft_size)
-            with tf.control_dependencies(
-                [
-                    self._cache_q.assign(q),
-                    self._cache_kernel.assign(kernel),
-                    self._cache_alpha.assign(alpha),
-                ]
-            ):
-                return tf.identity(q)
-
-        return tf.cond(fresh, reuse, refresh)
 
     def call(self, inputs, training=None):
         x = tf.cast(inputs, tf.float32)

@@ -27,6 +27,21 @@ def normalize_pair(name, value, allowed=None):
     return pair
 
 
+def orthogonal_conv_arguments(filters, kernel_size, strides, padding):
+    """The checked `(filters, kernel_size, strides, padding)` of an orthogonal convolution.
+
+    Strides 1 or 2, equal on both axes; padding "same" or "circular".
+    """
+    filters = check_positive_int("filters", filters)
+    pair = normalize_pair("kernel_size", kernel_size)
+    stride_pair = normalize_pair("strides", strides, allowed=(1, 2))
+    if stride_pair[0] != stride_pair[1]:
+        raise ValueError(f"Argument `strides` must be equal along both axes, got strides={strides!r}.")
+    if padding not in ("same", "circular"):
+        raise ValueError(f"Argument `padding` must be 'same' or 'circular', got padding={padding!r}.")
+    return filters, pair, stride_pair, padding
+
+
 def check_rank4(layer, input_shape):
     if len(input_shape) != 4:
         raise ValueError(
