@@ -47,7 +47,7 @@ def load_table(name: str, data_dir=None, **kwargs) -> IQATable:
     return READERS[key](data_dir, **kwargs)
 
 
-_LAZY = {"make_dataset", "load_images", "iter_images", "decode_image", "image_sizes", "AUGMENTATIONS"}
+_LAZY = {"make_dataset", "load_images", "iter_images", "read_image", "decode_image", "image_sizes", "AUGMENTATIONS"}
 
 
 def __getattr__(attr):
@@ -61,6 +61,6 @@ def __getattr__(attr):
 __all__ = [
     "AUGMENTATIONS", "DataError", "DataWarning", "IQATable", "READERS", "SPLITS", "build_builtin",
     "decode_image", "image_sizes", "iter_images", "load_images", "load_table", "make_dataset",
-    "read_builtin", "read_csv", "read_kadid10k", "read_koniq10k", "read_livec", "read_spaq",
+    "read_builtin", "read_csv", "read_image", "read_kadid10k", "read_koniq10k", "read_livec", "read_spaq",
     "read_tid2013", "resolve_csv", "split_groups",
 ]

@@ -238,14 +238,32 @@ def iter_images(table: IQATable, indices=None):
     """
     idx = range(len(table)) if indices is None else [int(i) for i in np.asarray(indices).ravel()]
     for i in idx:
-        path = str(table.absolute_path(i))
-        if not os.path.isfile(path):
-            raise DataError(path, None, f"image not found (table row {i})")
-        try:
-            yield _decode_eager(tf.io.read_file(path)).numpy()
-        except tf.errors.InvalidArgumentError as e:
-            raise DataError(path, None, f"tf.io cannot decode the image (table row {i}): "
-                            f"{e.message.splitlines()[-1]}") from None
+        yield read_image(table.absolute_path(i), f"table row {i}")
+
+
+def read_image(path, where: str | None = None) -> np.ndarray:
+    """One image file -> ``(h, w, 3)`` float32 RGB in [0, 1], decoded as :func:`make_dataset` does.
+
+    Raises :class:`DataError` naming the file when it is missing, unreadable or cannot be
+    decoded (``where``, e.g. ``"table row 3"``, is added to the reason).
+    """
+    path = str(path)
+    note = f" ({where})" if where else ""
+    if not os.path.isfile(path):
+        what = "a folder, not an image file" if os.path.isdir(path) else "image not found"
+        raise DataError(path, None, f"{what}{note}")
+    try:
+        return _decode_eager(tf.io.read_file(path)).numpy()
+    except tf.errors.OpError as e:
+        raise DataError(path, None, f"tf.io cannot decode the image{note}: {_op_reason(e)}") from None
+
+
+def _op_reason(error) -> str:
+    """The reason in a TensorFlow op error, without the graph trace around it."""
+    trace = ("[[", "File ", "Detected at node", "Graph execution error")
+    lines = [line.strip() for line in (error.message or "").splitlines()]
+    reasons = [line for line in lines if line and not line.startswith(trace)]
+    return reasons[-1] if reasons else type(error).__name__
 
 
 def load_images(table: IQATable, indices=None) -> list[np.ndarray]:

@@ -1,6 +1,8 @@
 """Robustness evaluation: the benchmark's scores, certified bounds, and the report."""
 
-from keras_robust_iqa.evaluation.certified import certified_bounds, certified_bounds_or_none
+from keras_robust_iqa.evaluation.certified import (
+    CertifiedInterval, certified_bounds, certified_bounds_or_none, certified_interval,
+)
 from keras_robust_iqa.evaluation.evaluate import attack_key, eps_label, evaluate_model
 from keras_robust_iqa.evaluation.label_gain import label_gain
 from keras_robust_iqa.evaluation.label_lipschitz import label_lipschitz
@@ -12,7 +14,8 @@ from keras_robust_iqa.evaluation.scores import (
 )
 
 __all__ = [
-    "absolute_gain", "attack_key", "certified_bounds", "certified_bounds_or_none", "energy_distance_score",
+    "CertifiedInterval", "absolute_gain", "attack_key", "certified_bounds", "certified_bounds_or_none",
+    "certified_interval", "energy_distance_score",
     "eps_label", "evaluate_model", "evaluate_runs", "label_gain", "label_lipschitz", "markdown_table", "minmax_scale",
     "read_run_config", "relative_gain", "robustness_score", "robustness_scores", "wasserstein_score", "write_report",
 ]

@@ -9,7 +9,7 @@ from iqa_data_helpers import (png_bit_depth, pixels, write_csv, write_image,
                               write_png16_rgb)
 from PIL import Image
 
-from keras_robust_iqa.data import DataError, iter_images, load_images, make_dataset, read_csv
+from keras_robust_iqa.data import DataError, iter_images, load_images, make_dataset, read_csv, read_image
 
 
 def collect(ds):
@@ -118,11 +118,30 @@ def test_load_images_indices_and_errors(csv_dir):
     for a, b in zip(lazy, imgs):
         np.testing.assert_array_equal(a, b)
     (csv_dir / "imgs" / "1.png").write_bytes(b"junk")  # after validation: clear error anyway
-    with pytest.raises(DataError, match="1.png"):
+    with pytest.raises(DataError, match="1.png") as caught:
         load_images(table, [1])
+    # The file, the row and TensorFlow's reason, without the graph trace around it.
+    assert caught.value.reason.startswith("tf.io cannot decode the image (table row 1): Unknown image file format")
+    assert "[[" not in str(caught.value) and "Graph execution" not in str(caught.value)
     (csv_dir / "imgs" / "1.png").unlink()
     with pytest.raises(DataError, match="not found"):
         load_images(table, [1])
+
+
+def test_read_image_decodes_as_the_pipeline_and_names_bad_files(odd_formats, tmp_path):
+    root, _ = odd_formats
+    table = read_csv(root)
+    for i in range(len(table)):
+        np.testing.assert_array_equal(read_image(table.absolute_path(i)), load_images(table, [i])[0])
+    jpeg = tmp_path / "cut.jpg"
+    Image.fromarray(pixels(3)).save(jpeg, quality=90)
+    jpeg.write_bytes(jpeg.read_bytes()[:200])
+    with pytest.raises(DataError, match=r"cut\.jpg: tf\.io cannot decode the image: .*JPEG"):
+        read_image(jpeg)
+    with pytest.raises(DataError, match=r"missing\.png: image not found"):
+        read_image(tmp_path / "missing.png")
+    with pytest.raises(DataError, match="a folder, not an image file"):
+        read_image(tmp_path)
 
 
 # --------------------------------------------------------------------------- eval
