@@ -1,4 +1,5 @@
-"""Export a run folder to SavedModel (TF Serving), TFLite (float32, int8) and ONNX.
+"""Export a run folder (`export_run`) or a model in memory (`export_model`) to SavedModel
+(TF Serving), TFLite (float32, int8) and ONNX.
 
 One path for every format: the run's Keras model -> `deployment_model` (frozen,
 builtin ops, verified) -> one serving function that cuts whole images into
@@ -102,24 +103,45 @@ def export_run(run, out, formats="all", *, version=1, name=None, verbose=True):
         name: the model's name in the layout (default: the run folder's name).
     """
     formats = resolve_formats(formats)
+    run_name, _, mos_range = read_run_facts(run)
+
+    from keras_robust_iqa.training.trainer import load_run_model
+
+    return export_model(load_run_model(run), out, formats, mos_range=mos_range, name=name or run_name,
+                        version=version, verbose=verbose, run=run)
+
+
+def export_model(model, out, formats="all", *, mos_range=(0.0, 1.0), name="model", version=1, verbose=True,
+                 run=None):
+    """Export a Keras model in memory (patch-scoring, outputs on the [0, 1] MOS scale).
+
+    Args:
+        model: the model, base, robust or pruned; it scores square patches.
+        out, formats, version: as in `export_run`.
+        mos_range: `(lo, hi)` of the dataset's MOS scale the exported files answer on
+            (`table.mos_range`); default: the model's own [0, 1] scale.
+        name: the model's name in the layout.
+        run: the run folder the model came from, for the report (or None).
+    """
+    formats = resolve_formats(formats)
     if not (isinstance(version, int) and version >= 1):
         raise ValueError(f"Argument `version` must be a positive integer, got {version!r}.")
-    run_name, patch_size, mos_range = read_run_facts(run)
-    name = name or run_name
+    lo, hi = (float(value) for value in mos_range)
+    if not hi > lo:
+        raise ValueError(f"Argument `mos_range` must be (lo, hi) with lo < hi, got {mos_range!r}.")
+    mos_range = (lo, hi)
 
     from keras_robust_iqa.deployment.lowering import deployment_model
     from keras_robust_iqa.deployment.runtimes import load_runtime
-    from keras_robust_iqa.models.patches import score_images
-    from keras_robust_iqa.training.trainer import load_run_model
+    from keras_robust_iqa.models.patches import model_patch_size, score_images
 
-    model = load_run_model(run)
+    patch_size = model_patch_size(model)
     deploy = deployment_model(model)
     serve = serving_function(deploy, patch_size, mos_range)
 
     # Two odd-sized images: the grid is cropped from the centre of both axes.
     probe = np.random.default_rng(0).uniform(size=(2, 2 * patch_size + 3, patch_size + 5, 3)).astype("float32")
     reference = score_images(model, probe)
-    lo, hi = mos_range
 
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -149,7 +171,7 @@ def export_run(run, out, formats="all", *, version=1, name=None, verbose=True):
             gap = float(np.max(np.abs(predicted - reference)))
             if key != "tflite_int8" and not gap <= PARITY_ATOL:
                 raise RuntimeError(
-                    f"The {key} export of {run} differs from the Keras model by {gap:.3g} "
+                    f"The {key} export of {run or name} differs from the Keras model by {gap:.3g} "
                     f"(> {PARITY_ATOL:g} on the [0, 1] scale); nothing was written."
                 )
             files[key] = {"path": str(targets[key]), "max_abs_diff_normalized": gap, "bytes": _size(path)}
@@ -163,7 +185,7 @@ def export_run(run, out, formats="all", *, version=1, name=None, verbose=True):
     if "savedmodel" in formats:
         write_models_config(out / "savedmodel")
     report = {
-        "run": str(run),
+        "run": None if run is None else str(run),
         "name": name,
         "model": model.name,
         "patch_size": patch_size,
@@ -268,7 +290,8 @@ def report_markdown(report):
     lines = [
         f"# Export of {report['name']}",
         "",
-        f"Run `{report['run']}` ({report['model']}), patch {report['patch_size']}, "
+        (f"Run `{report['run']}`" if report["run"] else "A model in memory")
+        + f" ({report['model']}), patch {report['patch_size']}, "
         f"MOS scale {report['mos_range']}.",
         "",
         "Inputs: " + "; ".join(f"`{k}`: {v}" for k, v in report["inputs"].items()) + ".",

@@ -14,7 +14,7 @@ import scipy.stats
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
-from keras_robust_iqa import cli, data, models
+from keras_robust_iqa import cli, data, deployment, models
 from keras_robust_iqa.deployment import LoweredOrthoConv2D, deployment_model
 from keras_robust_iqa.deployment import export as export_module
 from keras_robust_iqa.deployment.export import export_run, tflite_operators
@@ -291,3 +291,19 @@ def test_clear_errors(exported, tmp_path, capsys):
         cli.main(["export", "--run", str(empty), "--format", "coreml", "--out", str(tmp_path)])
     assert "invalid choice: 'coreml'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_export_model_from_memory(builtin, tmp_path):
+    """A model in memory exports as a run does: the files answer on the `mos_range` given."""
+    keras.utils.set_random_seed(3)
+    model = models.build_model("small", patch_size=PATCH)
+    report = deployment.export_model(model, tmp_path, "tflite", mos_range=builtin["mos_range"], name="mine",
+                                     verbose=False)
+    assert report["run"] is None and report["patch_size"] == PATCH and set(report["files"]) == {"tflite", "tflite_int8"}
+    assert "A model in memory" in (tmp_path / "mine.export.md").read_text()
+    lo, hi = builtin["mos_range"]
+    images = builtin["images"][:4]
+    predicted = load_runtime("tflite", tmp_path / "tflite" / "mine.float32.tflite")(images)
+    np.testing.assert_allclose(predicted, lo + (hi - lo) * models.score_images(model, images), atol=(hi - lo) * 1e-4)
+    with pytest.raises(ValueError, match="`mos_range`"):
+        deployment.export_model(model, tmp_path, "tflite", mos_range=(1, 0))
