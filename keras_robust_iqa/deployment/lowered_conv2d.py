@@ -164,3 +164,37 @@ def realified_frequency_matrices(q, fft_h, fft_w):
     # [re/im in][cin][cout][re/im out]
     m = np.stack([np.stack([qr, qi], -1), np.stack([-qi, qr], -1)], axis=1)
     return m.reshape(-1, 2 * cin, 2 * cout).astype(np.float32)
+
+
+@keras.saving.register_keras_serializable(package="keras_robust_iqa")
+class CircularPadding2D(keras.layers.Layer):
+    """Wraps the borders around, as `BlockOrthoConv2D(padding="circular")` reads them.
+
+    A VALID convolution after it is the circular convolution (slices and a
+    concatenation: builtin ops in every format).
+
+    Args:
+        kernel_size: `(kh, kw)` of the convolution that follows.
+        strides: its stride.
+    """
+
+    def __init__(self, kernel_size, strides=1, **kwargs):
+        super().__init__(**kwargs)
+        self.kernel_size = tuple(int(k) for k in kernel_size)
+        self.strides = int(strides)
+        self.trainable = False
+
+    def call(self, inputs):
+        from keras_robust_iqa.layers.block_ortho_conv2d import circular_pad
+
+        return circular_pad(inputs, self.kernel_size, self.strides)
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape
+        grow = [k - self.strides for k in self.kernel_size]
+        return (b, None if h is None else h + grow[0], None if w is None else w + grow[1], c)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(kernel_size=self.kernel_size, strides=self.strides)
+        return config

@@ -2,8 +2,9 @@
 
 Every orthogonal layer becomes a plain equivalent with its current weights
 frozen: `OrthoConv2D` a `LoweredOrthoConv2D` (real DFT matrix products),
-`OrthoDense` a `Dense` holding its orthogonal matrix, `RobustBlock` the same
-three steps spelled out. No Cayley transform, no FFT, no complex tensor and no
+`BlockOrthoConv2D` a plain `Conv2D` holding its merged kernel (after a
+`CircularPadding2D` for circular padding), `OrthoDense` a `Dense` holding
+its orthogonal matrix, `RobustBlock` the same three steps spelled out. No Cayley transform, no FFT, no complex tensor and no
 inference cache is left, so every export format (SavedModel, TFLite, ONNX)
 starts from the same graph of ordinary ops. All other layers are shared with
 the original model, weights included.
@@ -14,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_robust_iqa import layers as robust_layers
-from keras_robust_iqa.deployment.lowered_conv2d import LoweredOrthoConv2D
+from keras_robust_iqa.deployment.lowered_conv2d import CircularPadding2D, LoweredOrthoConv2D
 from keras_robust_iqa.models.patches import model_patch_size
 from keras_robust_iqa.models.robustify import flat_layers
 
@@ -52,18 +53,42 @@ def deployment_model(model, *, atol=1e-5, probe_size=4, seed=0):
 
 
 def _is_orthogonal(layer):
-    return isinstance(layer, (robust_layers.OrthoConv2D, robust_layers.OrthoDense, robust_layers.RobustBlock))
+    return isinstance(layer, (robust_layers.OrthoConv2D, robust_layers.BlockOrthoConv2D, robust_layers.OrthoDense,
+                              robust_layers.RobustBlock))
 
 
 def _lowered(layer):
-    if isinstance(layer, robust_layers.OrthoConv2D):
-        return LoweredOrthoConv2D.from_ortho_conv(layer)
+    if isinstance(layer, (robust_layers.OrthoConv2D, robust_layers.BlockOrthoConv2D)):
+        return _lowered_conv(layer)
     if isinstance(layer, robust_layers.OrthoDense):
         return _dense(layer)
     if isinstance(layer, robust_layers.RobustBlock):
         return _robust_block(layer)
     # Everything else is already made of ordinary ops: share it, weights and all.
     return layer
+
+
+def _lowered_conv(layer):
+    if isinstance(layer, robust_layers.OrthoConv2D):
+        return LoweredOrthoConv2D.from_ortho_conv(layer)
+    return _plain_conv(layer)
+
+
+def _plain_conv(layer):
+    """A `BlockOrthoConv2D` as the `Conv2D` it computes: its merged kernel, frozen."""
+    conv = keras.layers.Conv2D(
+        layer.filters, layer.kernel_size, strides=layer.strides, groups=layer.groups,
+        padding="valid" if layer.padding == "circular" else "same", use_bias=layer.use_bias,
+        name=layer.name, trainable=False,
+    )
+    conv.build((None, None, None, layer.input_channels))
+    conv.kernel.assign(keras.ops.convert_to_numpy(layer.orthogonal_kernel()))
+    if layer.use_bias:
+        conv.bias.assign(keras.ops.convert_to_numpy(layer.bias))
+    if layer.padding != "circular":
+        return conv
+    pad = CircularPadding2D(layer.kernel_size, layer.strides[0], name=f"{layer.name}_circular_pad")
+    return keras.Sequential([pad, conv], name=layer.name)
 
 
 def _dense(layer):
@@ -78,8 +103,8 @@ def _dense(layer):
 
 def _robust_block(block):
     """`GroupSort(conv(x) + b)`, with the convex residual as a `ConvexCombination`."""
-    conv = LoweredOrthoConv2D.from_ortho_conv(block.conv)
-    inputs = keras.Input(conv.input_size)
+    conv = _lowered_conv(block.conv)
+    inputs = keras.Input(getattr(conv, "input_size", (None, None, block.conv.input_channels)))
     y = robust_layers.GroupSort(block.activation.group_size, name="groupsort")(conv(inputs))
     if block.residual:
         # softmax([t, 0]) = [sigmoid(t), 1 - sigmoid(t)]: the block's own lambda.

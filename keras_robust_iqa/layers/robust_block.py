@@ -1,8 +1,12 @@
 import keras
 import tensorflow as tf
 
+from keras_robust_iqa.layers.block_ortho_conv2d import BlockOrthoConv2D
 from keras_robust_iqa.layers.group_sort import GroupSort
 from keras_robust_iqa.layers.ortho_conv2d import OrthoConv2D
+
+# The orthogonal convolutions a RobustBlock (and robustify) can be built on.
+CONVOLUTIONS = {"fourier": OrthoConv2D, "block": BlockOrthoConv2D}
 from keras_robust_iqa.layers.validation import check_rank4, float32_dtype_policy
 
 
@@ -10,7 +14,7 @@ from keras_robust_iqa.layers.validation import check_rank4, float32_dtype_policy
 class RobustBlock(keras.layers.Layer):
     """Orthogonal convolution, bias, then GroupSort: a 1-Lipschitz conv block.
 
-    `f(x) = GroupSort(OrthoConv2D(x) + b)`. With `residual=True` the block
+    `f(x) = GroupSort(conv(x) + b)`, `conv` an orthogonal convolution. With `residual=True` the block
     returns the convex combination `lam * x + (1 - lam) * f(x)`,
     `lam = sigmoid(theta)` learnable: a convex combination of two 1-Lipschitz
     maps is 1-Lipschitz, whereas a plain `x + f(x)` could double a
@@ -20,6 +24,10 @@ class RobustBlock(keras.layers.Layer):
         filters: output channels (with `residual=True`: equal to the input
             channels and `strides=1`).
         kernel_size, strides, padding: as in `OrthoConv2D`.
+        conv: `"fourier"`, the paper's `OrthoConv2D` (Cayley transform per
+            frequency; a static input size), or `"block"`,
+            `BlockOrthoConv2D` (a compact orthogonal kernel applied as a
+            plain convolution; any input size). Both are exactly orthogonal.
         group_size: GroupSort group size (2 is MaxMin); must divide `filters`.
         residual: add the convex residual connection.
         residual_init: initial `lam`, in (0, 1).
@@ -34,11 +42,15 @@ class RobustBlock(keras.layers.Layer):
         group_size=2,
         residual=False,
         residual_init=0.5,
+        conv="fourier",
         **kwargs,
     ):
         kwargs["dtype"] = float32_dtype_policy(kwargs.get("dtype"))
         super().__init__(**kwargs)
-        self.conv = OrthoConv2D(
+        if conv not in CONVOLUTIONS:
+            raise ValueError(f"Argument `conv` must be one of {tuple(CONVOLUTIONS)}, got conv={conv!r}.")
+        self.conv_type = conv
+        self.conv = CONVOLUTIONS[conv](
             filters, kernel_size, strides=strides, padding=padding, use_bias=True,
             dtype=self.dtype_policy, name="conv",
         )
@@ -98,5 +110,6 @@ class RobustBlock(keras.layers.Layer):
             group_size=self.activation.group_size,
             residual=self.residual,
             residual_init=self.residual_init,
+            conv=self.conv_type,
         )
         return config

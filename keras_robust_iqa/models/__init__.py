@@ -4,6 +4,7 @@ from keras_robust_iqa.models.backbones import BACKBONES, backbone_iqa_model
 from keras_robust_iqa.models.lipschitz import lipschitz_bound
 from keras_robust_iqa.models.patches import patch_grid, score_images
 from keras_robust_iqa.models.robustify import ACTIVATIONS as ROBUST_ACTIVATIONS
+from keras_robust_iqa.models.robustify import CONVOLUTIONS as ROBUST_CONVOLUTIONS
 from keras_robust_iqa.models.robustify import MODES as ROBUST_MODES
 from keras_robust_iqa.models.robustify import POOLINGS as ROBUST_POOLINGS
 from keras_robust_iqa.models.robustify import robustify, stage_ends
@@ -26,6 +27,7 @@ def build_model(name, patch_size=64, weights=None):
 __all__ = [
     "MODEL_NAMES",
     "ROBUST_ACTIVATIONS",
+    "ROBUST_CONVOLUTIONS",
     "ROBUST_MODES",
     "ROBUST_POOLINGS",
     "backbone_iqa_model",

@@ -11,6 +11,7 @@ from keras_robust_iqa.models.backbones import ChannelReverse
 # Layers whose L2 Lipschitz constant is at most 1, whatever their weights.
 _ONE_LIPSCHITZ = (
     robust_layers.OrthoConv2D,
+    robust_layers.BlockOrthoConv2D,
     robust_layers.OrthoDense,
     robust_layers.RobustBlock,
     robust_layers.GroupSort,

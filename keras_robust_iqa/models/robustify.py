@@ -4,6 +4,7 @@ import keras
 import numpy as np
 
 from keras_robust_iqa import layers as robust_layers
+from keras_robust_iqa.layers import robust_block
 from keras_robust_iqa.models.backbones import ChannelReverse
 
 MODES = ("insert", "replace")
@@ -12,6 +13,12 @@ ACTIVATIONS = ("groupsort", "relu")
 # What `mode="replace"` puts in place of local pooling: L2-norm pooling, or a space-to-depth
 # rearrangement that keeps every value (the next layer sees s*s times the channels).
 POOLINGS = ("l2norm", "invertible")
+# The orthogonal convolutions: "fourier" (OrthoConv2D, the paper's) or "block" (BlockOrthoConv2D).
+CONVOLUTIONS = tuple(robust_block.CONVOLUTIONS)
+# `replace` puts a grouped BlockOrthoConv2D in place of a DepthwiseConv2D: a single-channel
+# orthogonal filter with a compact kernel can only be a shift, so each group mixes at least
+# this many channels (the smallest divisor of the channel count that is not smaller).
+DEPTHWISE_GROUP_WIDTH = 8
 
 # Layers that are already 1-Lipschitz (or the identity at inference) and stay.
 _KEEP = (
@@ -45,8 +52,8 @@ _POOLING = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
 _GLOBAL_POOLING = (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D)
 
 
-def robustify(model, mode="replace", *, after=None, keep_weights=True, group_size=2, input_offset=-0.5,
-              activation="groupsort", pooling="l2norm", channel_gains=False):
+def robustify(model, mode="replace", *, conv="fourier", after=None, keep_weights=True, group_size=2,
+              input_offset=-0.5, activation="groupsort", pooling="l2norm", channel_gains=False):
     """Apply RobustBlocks to a functional Keras model, with no hand editing.
 
     Args:
@@ -58,13 +65,22 @@ def robustify(model, mode="replace", *, after=None, keep_weights=True, group_siz
               width and its function at `l = 1`) is inserted after chosen
               stages of the unchanged backbone.
             - `"replace"`: every Conv2D / DepthwiseConv2D becomes an
-              `OrthoConv2D`, Dense an `OrthoDense`, every activation
+              orthogonal convolution (`conv`), Dense an `OrthoDense`, every activation
               `GroupSort` (`MaxMin` at the default group size) or ReLU,
               pooling `L2NormPooling2D` (or space-to-depth: `pooling`), global pooling
               `GlobalL2NormPooling2D`, BatchNorm is dropped, `Add` becomes a
               `ConvexCombination`, and one learnable `OutputScale` ends the
               network: the whole model is 1-Lipschitz up to that scale, and
               `lipschitz_bound` certifies it.
+        conv: the orthogonal convolution of the RobustBlocks (insert) or of
+            every replaced convolution (replace): `"fourier"`, `OrthoConv2D`
+            (the paper's Cayley transform per frequency, for one static patch
+            size), or `"block"`, `BlockOrthoConv2D` (a compact orthogonal kernel
+            applied as a plain convolution: Conv2D's cost, any input size).
+            With `"block"`, a `DepthwiseConv2D` becomes a grouped
+            `BlockOrthoConv2D` whose groups mix `DEPTHWISE_GROUP_WIDTH` channels
+            (a one-channel orthogonal filter could only shift its input); with
+            `"fourier"`, a full `OrthoConv2D`.
         after: for `"insert"`, names of the layers to insert a block after.
             Default: the end of every stage (the last layer before a change
             of resolution, and the last 4-D layer) below full resolution; the
@@ -118,6 +134,8 @@ def robustify(model, mode="replace", *, after=None, keep_weights=True, group_siz
         raise ValueError(f"Argument `activation` must be one of {ACTIVATIONS}, got activation={activation!r}.")
     if pooling not in POOLINGS:
         raise ValueError(f"Argument `pooling` must be one of {POOLINGS}, got pooling={pooling!r}.")
+    if conv not in CONVOLUTIONS:
+        raise ValueError(f"Argument `conv` must be one of {CONVOLUTIONS}, got conv={conv!r}.")
     if mode == "insert":
         if activation != "groupsort":
             raise ValueError("Argument `activation` applies to mode='replace'; insert's RobustBlocks use GroupSort.")
@@ -125,9 +143,9 @@ def robustify(model, mode="replace", *, after=None, keep_weights=True, group_siz
             raise ValueError("Argument `pooling` applies to mode='replace'; insert keeps the model's pooling.")
         if channel_gains:
             raise ValueError("Argument `channel_gains` applies to mode='replace'; insert's blocks are orthogonal.")
-        return _insert(model, after, keep_weights, group_size)
+        return _insert(model, after, keep_weights, group_size, conv)
     return _replace(model, keep_weights, _activation_factory(activation, group_size), input_offset, pooling,
-                    channel_gains)
+                    channel_gains, conv)
 
 
 # Insert --------------------------------------------------------------------
@@ -172,7 +190,7 @@ def _default_insert_points(model):
     return chosen
 
 
-def _insert(model, after, keep_weights, group_size):
+def _insert(model, after, keep_weights, group_size, conv):
     by_name = {layer.name: layer for layer in flat_layers(model)}
     names = set(by_name)
     after = list(after) if after is not None else _default_insert_points(model)
@@ -198,7 +216,7 @@ def _insert(model, after, keep_weights, group_size):
         out = layer(*args, **kwargs)
         if layer.name in targets:
             block = robust_layers.RobustBlock(
-                out.shape[-1], group_size=group_size, residual=True, residual_init=0.9,
+                out.shape[-1], group_size=group_size, residual=True, residual_init=0.9, conv=conv,
                 name=f"{layer.name}_robust_block",
             )
             out = block(out)
@@ -248,12 +266,12 @@ def _activation_factory(activation, group_size):
     return lambda name: robust_layers.GroupSort(group_size, name=name)
 
 
-def _replacement(layer, activation, pooling, gains):
+def _replacement(layer, activation, pooling, gains, conv):
     """The 1-Lipschitz layer (or small Sequential) that stands in for `layer`.
 
     `activation`: `name -> layer`, the activation to put in place of the original ones;
     `pooling`: one of `POOLINGS`; `gains`: follow a convolution or dense layer by a
-    `ChannelGain`.
+    `ChannelGain`; `conv`: one of `CONVOLUTIONS`.
     """
     name = layer.name
     if isinstance(layer, _KEEP):
@@ -271,13 +289,26 @@ def _replacement(layer, activation, pooling, gains):
         if getattr(layer, "groups", 1) != 1:
             raise _unsupported(layer, "grouped convolution")
         s = strides[0]
-        if in_shape[1] % s or in_shape[2] % s:
-            raise _unsupported(layer, f"strides {s} do not divide the input size {tuple(in_shape[1:3])}")
-        conv = robust_layers.OrthoConv2D(
-            filters, layer.kernel_size, strides=s, padding="same", name=f"{name}_ortho"
-        )
-        parts = [conv] + ([robust_layers.ChannelGain(name=f"{name}_gain")] if gains else [])
-        parts += _shape_fix(layer, (in_shape[1] // s, in_shape[2] // s), name)
+        if conv == "block":
+            # Any input size: "same" padding gives ceil(n / s) outputs, cropped below where
+            # the original pads less.
+            groups = 1
+            if isinstance(layer, keras.layers.DepthwiseConv2D):
+                groups = in_shape[-1] // _depthwise_group_width(in_shape[-1])
+            kernel_size = tuple(max(k, s) for k in layer.kernel_size)
+            ortho = robust_layers.BlockOrthoConv2D(
+                filters, kernel_size, strides=s, groups=groups, name=f"{name}_ortho"
+            )
+            produced = tuple(-(-n // s) for n in in_shape[1:3])
+        else:
+            if in_shape[1] % s or in_shape[2] % s:
+                raise _unsupported(layer, f"strides {s} do not divide the input size {tuple(in_shape[1:3])}")
+            ortho = robust_layers.OrthoConv2D(
+                filters, layer.kernel_size, strides=s, padding="same", name=f"{name}_ortho"
+            )
+            produced = (in_shape[1] // s, in_shape[2] // s)
+        parts = [ortho] + ([robust_layers.ChannelGain(name=f"{name}_gain")] if gains else [])
+        parts += _shape_fix(layer, produced, name)
         if _activation_name(layer) != "linear":
             parts.append(activation(f"{name}_activation"))
         return parts[0] if len(parts) == 1 else keras.Sequential(parts, name=name)
@@ -313,7 +344,12 @@ def _replacement(layer, activation, pooling, gains):
     raise _unsupported(layer)
 
 
-def _replace(model, keep_weights, activation, input_offset, pooling, channel_gains):
+def _depthwise_group_width(channels):
+    """The smallest divisor of `channels` that is at least `DEPTHWISE_GROUP_WIDTH` (or all of them)."""
+    return next(w for w in range(min(DEPTHWISE_GROUP_WIDTH, channels), channels + 1) if channels % w == 0)
+
+
+def _replace(model, keep_weights, activation, input_offset, pooling, channel_gains, conv):
     if len(model.outputs) != 1:
         raise ValueError("robustify(mode='replace') supports single-output models.")
     replaced = {}
@@ -331,7 +367,7 @@ def _replace(model, keep_weights, activation, input_offset, pooling, channel_gai
     def clone_function(layer):
         # The output layer's gain would repeat OutputScale's.
         gains = channel_gains and layer is not output_layer
-        new = _replacement(layer, activation, pooling, gains)
+        new = _replacement(layer, activation, pooling, gains, conv)
         replaced[layer.name] = new
         if id(layer) in reads_input:
             new_readers.add(id(new))

@@ -43,6 +43,9 @@ def layer_flops(layer):
         frequencies = fh * (fw // 2 + 1)
         cin, cout = layer.input_channels, layer.filters
         return int((cin + cout) * _fft_flops(fh, fw) + 8 * frequencies * cout * cin + bias)
+    if isinstance(layer, robust_layers.BlockOrthoConv2D):
+        kh, kw = layer.kernel_size
+        return 2 * out_size * kh * kw * (layer.input_channels // layer.groups) + bias
     if isinstance(layer, keras.layers.DepthwiseConv2D):
         kh, kw = layer.kernel_size
         return 2 * out_size * kh * kw + bias

@@ -7,6 +7,8 @@ Which weights `w_i` are:
   circular convolution the layer *computes*, `irfft2d(Q(u, v))[i]` over the
   whole FFT grid and all input channels, not the free kernel it is
   parameterised by;
+- `BlockOrthoConv2D` (alone or in a `RobustBlock`): the slice `[..., i]` of the
+  compact kernel merged from its orthogonal factors, the kernel it convolves with;
 - `OrthoDense`: the row `Q[i]` of the orthogonal matrix it applies.
 
 A `ChannelGain` after the layer is part of that map: `ChannelGraph.scores()`
@@ -32,7 +34,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_robust_iqa.layers import OrthoConv2D, OrthoDense, RobustBlock
+from keras_robust_iqa.layers import BlockOrthoConv2D, OrthoConv2D, OrthoDense, RobustBlock
 
 
 def effective_kernel(layer):
@@ -50,6 +52,8 @@ def effective_kernel(layer):
         q = tf.reshape(q, (fh, fw // 2 + 1, layer.filters, layer.input_channels))
         taps = tf.signal.irfft2d(tf.transpose(q, (2, 3, 0, 1)), fft_length=(fh, fw))
         return np.moveaxis(np.asarray(taps, np.float64), 0, -1)  # (cin, fh, fw, cout)
+    if isinstance(layer, BlockOrthoConv2D):
+        return np.asarray(layer.orthogonal_kernel(), np.float64)  # (kh, kw, cin / groups, cout)
     if isinstance(layer, OrthoDense):
         return np.asarray(layer.orthogonal_matrix(), np.float64).T  # (input_dim, units)
     if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):

@@ -1,7 +1,7 @@
 """Which channels of a Keras model can be removed, and which must go together.
 
 Every output channel of a prunable layer (`Conv2D`, `Dense`, `OrthoConv2D`,
-`OrthoDense`, `RobustBlock`) is an *atom*. Walking the graph, each tensor's
+`BlockOrthoConv2D`, `OrthoDense`, `RobustBlock`) is an *atom*. Walking the graph, each tensor's
 channel axis is a list of atoms, and layers tie atoms that can only be removed
 together:
 - `GroupSort` / `MaxMin` (alone or inside a `RobustBlock`) ties each group of
@@ -27,6 +27,7 @@ PRODUCERS = (
     keras.layers.Conv2D,
     keras.layers.Dense,
     robust_layers.OrthoConv2D,
+    robust_layers.BlockOrthoConv2D,
     robust_layers.OrthoDense,
     robust_layers.RobustBlock,
 )
@@ -121,6 +122,8 @@ def is_producer(layer):
         # Subclasses (Conv2DTranspose, separable, depthwise) lay out their
         # kernels differently; grouped kernels mix only within a group.
         return type(layer) is keras.layers.Conv2D and layer.groups == 1 and layer.data_format == "channels_last"
+    if isinstance(layer, robust_layers.BlockOrthoConv2D):
+        return layer.groups == 1
     return isinstance(layer, PRODUCERS)
 
 
@@ -182,7 +185,7 @@ class ChannelGraph:
         if not self.producers:
             raise ValueError(
                 f"Model '{model.name}' has no prunable layer (Conv2D, Dense, OrthoConv2D, "
-                "OrthoDense or RobustBlock)."
+                "BlockOrthoConv2D, OrthoDense or RobustBlock)."
             )
         if len(self.frozen_groups) == len(self.groups):
             raise ValueError(

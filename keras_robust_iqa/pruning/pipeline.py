@@ -38,7 +38,8 @@ BOUND_WEIGHTS = (robust_layers.OutputScale, robust_layers.ConvexCombination)
 
 # The TrainConfig options that only build a model, at their defaults.
 _BUILD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)
-                   if f.name in ("robust", "robust_activation", "robust_pooling", "robust_channel_gains", "weights")}
+                   if f.name in ("robust", "robust_conv", "robust_activation", "robust_pooling", "robust_channel_gains",
+                                 "weights")}
 
 
 def read_run(run):

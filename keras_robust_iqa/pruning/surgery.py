@@ -77,9 +77,11 @@ def prune_model(model, graph, pruned_groups):
 
 def _copy_sliced(old, new, kept_in, kept_out):
     if isinstance(old, robust_layers.RobustBlock):
-        _copy_ortho(old.conv, new.conv, _kernel_inputs(old.conv, kept_in), kept_out)
+        _copy_sliced(old.conv, new.conv, kept_in, kept_out)
         if old.residual:
             new.residual_logit.assign(old.residual_logit)
+    elif isinstance(old, robust_layers.BlockOrthoConv2D):
+        _copy_block_ortho(old, new, kept_in, kept_out)
     elif isinstance(old, robust_layers.OrthoConv2D):
         _copy_ortho(old, new, _kernel_inputs(old, kept_in), kept_out)
     elif isinstance(old, robust_layers.OrthoDense):
@@ -108,6 +110,38 @@ def _kernel_inputs(conv, kept_in):
     s = conv.strides[0]
     channels = conv.input_channels // (s * s)
     return [k * channels + c for k in range(s * s) for c in kept_in]
+
+
+def _copy_block_ortho(old, new, kept_in, kept_out):
+    """The kept rows and columns of each free matrix of a `BlockOrthoConv2D`.
+
+    Each factor of the new layer is the Cayley transform of the kept part of
+    the old factor's free matrix: orthogonal by construction, close to the old
+    factor's kept part (fine-tuning recovers the difference). The projectors
+    act on the wider side (the input, when strided), whose kept channels index
+    their rows; a projector of width `n` has rank `n // 2`, so its first
+    `n // 2` columns stay.
+    """
+    s = old.strides[0]
+    if old.projector_kernel is not None and new.projector_kernel is not None:
+        if s == 1 and new.filters >= new.input_channels:
+            rows = kept_out
+        else:
+            rows = kept_in
+        free = keras.ops.convert_to_numpy(old.projector_kernel)
+        new.projector_kernel.assign(free[:, :, rows, : new.projector_kernel.shape[-1]])
+    if old.mixing_kernel is not None:
+        free = keras.ops.convert_to_numpy(old.mixing_kernel)
+        rows = kept_out if s == 1 else kept_in
+        new.mixing_kernel.assign(free[:, rows][:, :, kept_in])
+    if old.downsampling_kernel is not None:
+        # Columns are laid out (tap row, tap column, input channel).
+        channels = old.input_channels
+        columns = [tap * channels + c for tap in range(s * s) for c in kept_in]
+        free = keras.ops.convert_to_numpy(old.downsampling_kernel)
+        new.downsampling_kernel.assign(free[:, kept_out][:, :, columns])
+    if old.use_bias:
+        new.bias.assign(keras.ops.convert_to_numpy(old.bias)[kept_out])
 
 
 def _copy_ortho(old, new, kept_in, kept_out):

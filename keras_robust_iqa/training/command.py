@@ -5,8 +5,9 @@ import argparse
 
 def add_parser(subparsers):
     from keras_robust_iqa.data import AUGMENTATIONS
-    from keras_robust_iqa.training.trainer import (DEFENSES, LOSSES, LR_SCHEDULES, ROBUST_ACTIVATIONS, ROBUST_MODES,
-                                                   ROBUST_POOLINGS, STRATEGIES, TrainConfig)
+    from keras_robust_iqa.training.trainer import (DEFENSES, LOSSES, LR_SCHEDULES, ROBUST_ACTIVATIONS,
+                                                   ROBUST_CONVOLUTIONS, ROBUST_MODES, ROBUST_POOLINGS, STRATEGIES,
+                                                   TrainConfig)
 
     d = TrainConfig()
     p = subparsers.add_parser(
@@ -26,6 +27,10 @@ def add_parser(subparsers):
     p.add_argument("--robust", choices=ROBUST_MODES,
                    help="apply RobustBlocks: insert them after the backbone's stages, or replace every "
                    "layer by its 1-Lipschitz counterpart (default: none, the base model)")
+    p.add_argument("--robust-conv", default=d.robust_conv, choices=ROBUST_CONVOLUTIONS,
+                   help="orthogonal convolution of --robust models: fourier (OrthoConv2D, the paper's "
+                   "Cayley transform per frequency, for one patch size) or block (BlockOrthoConv2D, a "
+                   f"compact orthogonal kernel run as a plain convolution) (default: {d.robust_conv})")
     p.add_argument("--robust-activation", default=d.robust_activation, choices=ROBUST_ACTIVATIONS,
                    help="activation of --robust replace models: groupsort (MaxMin, gradient-norm "
                    "preserving) or relu (also 1-Lipschitz; it ranked better at the same attack gain "
@@ -109,7 +114,7 @@ def run(args):
 
     config = TrainConfig(
         dataset=args.dataset, data_dir=args.data_dir, model=args.model, robust=args.robust,
-        robust_activation=args.robust_activation, robust_pooling=args.robust_pooling,
+        robust_conv=args.robust_conv, robust_activation=args.robust_activation, robust_pooling=args.robust_pooling,
         robust_channel_gains=args.robust_channel_gains, weights=args.weights, init_from=args.init_from,
         distill_from=args.distill_from, distill_weight=args.distill_weight, epochs=args.epochs,
         batch_size=args.batch_size, patch_size=args.patch_size,

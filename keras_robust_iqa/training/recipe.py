@@ -14,7 +14,8 @@ import json
 import sys
 
 from keras_robust_iqa.models import MODEL_NAMES
-from keras_robust_iqa.training.trainer import ROBUST_ACTIVATIONS, ROBUST_MODES, ROBUST_POOLINGS, train
+from keras_robust_iqa.training.trainer import (ROBUST_ACTIVATIONS, ROBUST_CONVOLUTIONS, ROBUST_MODES, ROBUST_POOLINGS,
+                                               train)
 
 
 def recipe_parser(config, description=None):
@@ -35,6 +36,9 @@ def recipe_parser(config, description=None):
                         choices=("none", *ROBUST_MODES),
                         help=f"RobustBlocks: insert after each stage, or replace every layer "
                         f"(default: {config.robust or 'none'})")
+    parser.add_argument("--robust-conv", default=config.robust_conv, choices=ROBUST_CONVOLUTIONS,
+                        help=f"orthogonal convolution of robust models: fourier (OrthoConv2D) or block "
+                        f"(BlockOrthoConv2D) (default: {config.robust_conv})")
     parser.add_argument("--robust-activation", default=config.robust_activation,
                         choices=ROBUST_ACTIVATIONS,
                         help=f"activation of replace models (default: {config.robust_activation})")
@@ -76,7 +80,7 @@ def _apply(config, args):
     # Pretrained weights are the backbones'; the small model always starts from scratch.
     weights = config.weights if args.model != "small" else None
     config = dataclasses.replace(config, data_dir=args.data_dir, model=args.model, robust=robust,
-                                 robust_activation=args.robust_activation,
+                                 robust_conv=args.robust_conv, robust_activation=args.robust_activation,
                                  robust_pooling=args.robust_pooling,
                                  robust_channel_gains=args.robust_channel_gains, weights=weights,
                                  init_from=args.init_from, distill_from=args.distill_from)

@@ -41,6 +41,7 @@ LOSSES = {
 ROBUST_MODES = iqa_models.ROBUST_MODES
 ROBUST_ACTIVATIONS = iqa_models.ROBUST_ACTIVATIONS
 ROBUST_POOLINGS = iqa_models.ROBUST_POOLINGS
+ROBUST_CONVOLUTIONS = iqa_models.ROBUST_CONVOLUTIONS
 STRATEGIES = ("auto", "none", "mirrored", "multiworker")
 LR_SCHEDULES = ("cosine", "constant")
 
@@ -53,6 +54,8 @@ class TrainConfig:
     data_dir: str | None = None
     model: str = "small"
     robust: str | None = None
+    # The orthogonal convolution of robust models (models.robustify's `conv`).
+    robust_conv: str = "fourier"
     # The activation of `replace` models (models.robustify's `activation`).
     robust_activation: str = "groupsort"
     # What stands in for the pooling layers of `replace` models (models.robustify's `pooling`).
@@ -93,6 +96,8 @@ class TrainConfig:
             raise ValueError(f"--model must be one of {iqa_models.MODEL_NAMES}, got {self.model!r}.")
         if self.robust not in (None, *ROBUST_MODES):
             raise ValueError(f"--robust must be one of {ROBUST_MODES}, got {self.robust!r}.")
+        if self.robust_conv not in ROBUST_CONVOLUTIONS:
+            raise ValueError(f"--robust-conv must be one of {ROBUST_CONVOLUTIONS}, got {self.robust_conv!r}.")
         if self.robust_activation not in ROBUST_ACTIVATIONS:
             raise ValueError(f"--robust-activation must be one of {ROBUST_ACTIVATIONS}, "
                              f"got {self.robust_activation!r}.")
@@ -174,7 +179,8 @@ def build(config):
         model = iqa_models.build_model(config.model, config.patch_size, weights=config.weights)
     if config.robust:
         # validate() allows only the defaults of these three with insert.
-        model = iqa_models.robustify(model, mode=config.robust, activation=config.robust_activation,
+        model = iqa_models.robustify(model, mode=config.robust, conv=config.robust_conv,
+                                     activation=config.robust_activation,
                                      pooling=config.robust_pooling, channel_gains=config.robust_channel_gains)
     return model
 

@@ -16,14 +16,16 @@ from ai_edge_litert.interpreter import Interpreter
 
 from keras_robust_iqa import cli, data, deployment, models
 from keras_robust_iqa.deployment import LoweredOrthoConv2D, deployment_model
+from keras_robust_iqa.deployment.lowered_conv2d import CircularPadding2D
 from keras_robust_iqa.deployment import export as export_module
 from keras_robust_iqa.deployment.export import export_run, tflite_operators
 from keras_robust_iqa.deployment.runtimes import load_runtime
-from keras_robust_iqa.layers import OrthoConv2D, OrthoDense, RobustBlock
+from keras_robust_iqa.layers import BlockOrthoConv2D, OrthoConv2D, OrthoDense, RobustBlock
 from keras_robust_iqa.models.robustify import flat_layers
 
 PATCH = 32
-KINDS = ("base", "replace", "insert")
+# A robust kind is `robustify`'s mode, with "-block" for the compact-kernel convolution.
+KINDS = ("base", "replace", "insert", "replace-block")
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +82,9 @@ def exported(builtin, tmp_path_factory):
     base = trained_base(fit)
     runs = {}
     for kind in KINDS:
-        model = base if kind == "base" else fine_tuned(models.robustify(base, mode=kind), fit)
+        mode, _, conv = kind.partition("-")
+        model = base if kind == "base" else fine_tuned(
+            models.robustify(base, mode=mode, conv="block" if conv else "fourier"), fit)
         runs[kind] = save_run(model, root / "runs" / kind, builtin["mos_range"])
         if kind == "base":
             assert cli.main(["export", "--run", str(runs[kind]), "--format", "all", "--out", str(out)]) == 0
@@ -126,6 +130,30 @@ def test_lowered_conv_is_the_same_operator(size, cin, cout, kernel, strides, pad
     linear = (got - keras.ops.convert_to_numpy(layer.bias)).reshape(n, -1)
     assert np.linalg.svd(linear, compute_uv=False).max() <= 1 + 1e-4
     assert all(v.dtype == "float32" and not v.trainable for v in lowered.weights)
+
+
+@pytest.mark.parametrize(
+    "size, cin, cout, kernel, strides, padding",
+    [((8, 8), 3, 4, 3, 1, "same"), ((7, 9), 4, 8, 3, 2, "same"), ((8, 6), 2, 6, 5, 1, "circular"),
+     ((8, 8), 3, 12, 3, 2, "circular")],
+)
+def test_lowered_block_conv_is_a_plain_conv2d_of_the_same_operator(size, cin, cout, kernel, strides, padding):
+    from keras_robust_iqa.deployment.lowering import _lowered
+
+    layer = BlockOrthoConv2D(cout, kernel, strides=strides, padding=padding)
+    layer.build((None, *size, cin))
+    for i, w in enumerate(layer.weights):
+        w.assign(tf.random.stateless_normal(w.shape, seed=(i, 4)))
+    lowered = _lowered(layer)
+    parts = lowered.layers if isinstance(lowered, keras.Sequential) else [lowered]
+    assert {type(part) for part in parts} == ({keras.layers.Conv2D, CircularPadding2D} if padding == "circular"
+                                              else {keras.layers.Conv2D})
+    n = size[0] * size[1] * cin
+    impulses = np.eye(n, dtype="float32").reshape(n, *size, cin)
+    want = keras.ops.convert_to_numpy(layer(impulses, training=False))
+    got = keras.ops.convert_to_numpy(lowered(impulses))
+    np.testing.assert_allclose(got, want, atol=2e-6)
+    assert all(not v.trainable for v in lowered.weights)
 
 
 def test_deployment_model_is_plain_and_frozen(builtin):
@@ -196,6 +224,28 @@ def test_tflite_has_builtin_ops_only(exported, kind):
         # The orthogonal convolution became real matrix products: no FFT, no complex op.
         assert "BATCH_MATMUL" in from_flatbuffer and "FULLY_CONNECTED" in from_flatbuffer
         assert not [op for op in from_flatbuffer if "FFT" in op or "COMPLEX" in op]
+
+
+def test_block_convolutions_export_as_plain_convolutions(exported):
+    """A BlockOrthoConv2D model exports as CONV_2D / ONNX Conv: no DFT matrix, about the base's size."""
+    import onnx
+
+    out = exported["out"]
+    sizes = {}
+    for kind in ("base", "replace-block"):
+        path = out / "tflite" / f"{kind}.float32.tflite"
+        sizes[kind] = path.stat().st_size
+        ops = tflite_operators(path.read_bytes())
+        assert "CONV_2D" in ops
+        assert not [op for op in ops if "MATMUL" in op or "FFT" in op or "COMPLEX" in op], ops
+    assert sizes["replace-block"] < 1.5 * sizes["base"]
+    assert sizes["replace-block"] < 0.2 * (out / "tflite" / "replace.float32.tflite").stat().st_size
+    graphs = {kind: onnx.load(str(out / "onnx" / f"{kind}.onnx")).graph for kind in ("base", "replace-block")}
+    ops = {node.op_type for node in graphs["replace-block"].node}
+    assert "Conv" in ops and not [op for op in ops if "DFT" in op or "FFT" in op]
+    # Its largest weight is a kernel of the base's shape: no per-frequency or DFT matrix.
+    largest = {kind: max(np.prod(init.dims) for init in g.initializer) for kind, g in graphs.items()}
+    assert largest["replace-block"] <= largest["base"]
 
 
 # SavedModel without the package ----------------------------------------------------------

@@ -7,11 +7,12 @@ from helpers import run_layer_test, singular_values
 from keras_robust_iqa.layers import GlobalL2NormPooling2D, OrthoDense, RobustBlock
 
 
-def test_input_gradient_norm_preserved_through_a_stack():
+@pytest.mark.parametrize("conv", ["fourier", "block"])
+def test_input_gradient_norm_preserved_through_a_stack(conv):
     """Orthogonal convs and GroupSort have orthogonal Jacobians, so for any
     output cotangent g the input gradient J^T g has the norm of g."""
     stack = keras.Sequential(
-        [RobustBlock(8, padding="circular", group_size=g) for g in (2, 4, 2)]
+        [RobustBlock(8, padding="circular", group_size=g, conv=conv) for g in (2, 4, 2)]
     )
     x = tf.random.normal((4, 8, 8, 8))
     stack(x)
@@ -27,9 +28,10 @@ def test_input_gradient_norm_preserved_through_a_stack():
     )
 
 
+@pytest.mark.parametrize("conv", ["fourier", "block"])
 @pytest.mark.parametrize("residual", [False, True])
-def test_block_is_1_lipschitz(residual):
-    block = RobustBlock(4, padding="same", residual=residual)
+def test_block_is_1_lipschitz(residual, conv):
+    block = RobustBlock(4, padding="same", residual=residual, conv=conv)
     x = tf.random.normal((1, 6, 6, 4))
     block(x)
     xi = x
@@ -69,7 +71,9 @@ def test_100_steps_at_lr_1e_2_stay_finite():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(filters=8), dict(filters=4, residual=True, group_size=4), dict(filters=8, strides=2)],
+    [dict(filters=8), dict(filters=4, residual=True, group_size=4), dict(filters=8, strides=2),
+     dict(filters=8, conv="block"), dict(filters=4, residual=True, conv="block"),
+     dict(filters=8, strides=2, conv="block")],
 )
 def test_round_trips_and_trains(kwargs, tmp_path):
     run_layer_test(RobustBlock, kwargs, (8, 8, 4), tmp_path, atol=1e-5)
@@ -98,3 +102,5 @@ def test_bad_arguments():
         RobustBlock(8, residual=True).build((1, 8, 8, 4))
     with pytest.raises(ValueError, match="filters=0"):
         RobustBlock(0)
+    with pytest.raises(ValueError, match="conv='cayley'"):
+        RobustBlock(8, conv="cayley")

@@ -60,6 +60,37 @@ def test_insert_keeps_backbone_and_adds_residual_blocks():
     assert [l.name for l in custom.layers if isinstance(l, robust_layers.RobustBlock)] == ["relu1_robust_block"]
 
 
+def test_insert_with_block_convolutions():
+    base = small_iqa_cnn(32)
+    model = robustify(base, "insert", conv="block")
+    blocks = [l for l in model.layers if isinstance(l, robust_layers.RobustBlock)]
+    assert len(blocks) == 3 and all(isinstance(b.conv, robust_layers.BlockOrthoConv2D) for b in blocks)
+    assert model(photo_patches()).shape == (6, 1)
+    with pytest.raises(ValueError, match="conv='fft'"):
+        robustify(base, "insert", conv="fft")
+
+
+def test_replace_turns_depthwise_convolutions_into_grouped_block_convolutions():
+    inputs = keras.Input((15, 15, 24))
+    x = keras.layers.DepthwiseConv2D(3, strides=2, padding="same", name="dw")(inputs)
+    x = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, name="dw_valid")(x)
+    x = keras.layers.Conv2D(13, 1, name="pw")(x)
+    x = keras.layers.DepthwiseConv2D(5, padding="same", name="dw_prime")(x)
+    outputs = keras.layers.Dense(1)(keras.layers.GlobalAveragePooling2D()(x))
+    model = robustify(keras.Model(inputs, outputs), "replace", conv="block")
+    dw = model.get_layer("dw_ortho")
+    assert (dw.groups, dw.filters, dw.strides) == (3, 24, (2, 2))  # groups of 8 channels
+    valid = model.get_layer("dw_valid")
+    assert isinstance(valid, keras.Sequential)  # cropped back to the original's 6x6
+    assert (valid.layers[0].groups, valid.layers[0].filters) == (3, 48)
+    assert model.get_layer("dw_prime_ortho").groups == 1  # 13 channels: no divisor in 8..12
+    x = np.random.default_rng(0).uniform(size=(2, 15, 15, 24)).astype("float32")
+    assert model(x).shape == (2, 1)
+    bound = lipschitz_bound(model)
+    empirical = np.asarray(jacobian_spectral_norm(lambda t: model(t, training=False), x, iterations=10))
+    assert 0 < empirical.max() <= bound * (1 + 1e-4)
+
+
 def test_insert_bad_arguments():
     base = small_iqa_cnn(32)
     with pytest.raises(ValueError, match="not in the model: \\['nope'\\]"):
@@ -70,11 +101,14 @@ def test_insert_bad_arguments():
         robustify(base, "sideways")
 
 
-def test_replace_is_certified_and_sound_on_real_images():
+@pytest.mark.parametrize("conv", ["fourier", "block"])
+def test_replace_is_certified_and_sound_on_real_images(conv):
     base = small_iqa_cnn(32)
-    model = robustify(base, "replace")
+    model = robustify(base, "replace", conv=conv)
+    ortho = robust_layers.OrthoConv2D if conv == "fourier" else robust_layers.BlockOrthoConv2D
+    assert sum(isinstance(l, ortho) for l in model.layers) == 4
     allowed = (
-        robust_layers.OrthoConv2D, robust_layers.OrthoDense, robust_layers.GroupSort,
+        ortho, robust_layers.OrthoDense, robust_layers.GroupSort,
         robust_layers.L2NormPooling2D, robust_layers.GlobalL2NormPooling2D,
         robust_layers.OutputScale, keras.layers.Identity, keras.layers.InputLayer, keras.Sequential,
         keras.layers.Rescaling,
@@ -205,8 +239,9 @@ def test_replace_centres_inputs_with_a_shift_that_keeps_the_bound():
     assert "centre_inputs" not in [l.name for l in resnet.layers]
 
 
-def test_replace_round_trips(tmp_path):
-    model = robustify(small_iqa_cnn(32), "replace")
+@pytest.mark.parametrize("conv", ["fourier", "block"])
+def test_replace_round_trips(tmp_path, conv):
+    model = robustify(small_iqa_cnn(32), "replace", conv=conv)
     x = photo_patches()
     expected = model.predict(x, verbose=0)
     model.save(tmp_path / "m.keras")

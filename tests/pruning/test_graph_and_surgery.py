@@ -17,18 +17,19 @@ from keras_robust_iqa.pruning.cost import count_flops, leaf_layers
 from keras_robust_iqa.pruning.surgery import _kernel_inputs
 
 
-def branchy_model(padding="same"):
+def branchy_model(padding="same", conv="fourier"):
     """Residual block, convex merge, concatenation, strided conv, space-to-depth, dense head."""
+    ortho = {"fourier": rl.OrthoConv2D, "block": rl.BlockOrthoConv2D}[conv]
     x = keras.Input((8, 8, 3), name="image")
-    stem = rl.MaxMin(name="stem_act")(rl.OrthoConv2D(8, padding=padding, name="stem")(x))
-    res = rl.RobustBlock(8, residual=True, padding=padding, name="res")(stem)
-    branch = rl.RobustBlock(8, padding=padding, name="branch")(stem)
+    stem = rl.MaxMin(name="stem_act")(ortho(8, padding=padding, name="stem")(x))
+    res = rl.RobustBlock(8, residual=True, padding=padding, conv=conv, name="res")(stem)
+    branch = rl.RobustBlock(8, padding=padding, conv=conv, name="branch")(stem)
     merged = rl.ConvexCombination(name="merge")([res, branch])
-    side = rl.GroupSort(2, name="side_act")(rl.OrthoConv2D(4, padding=padding, name="side")(stem))
+    side = rl.GroupSort(2, name="side_act")(ortho(4, padding=padding, name="side")(stem))
     cat = keras.layers.Concatenate(name="cat")([merged, side])
-    down = rl.MaxMin(name="down_act")(rl.OrthoConv2D(8, strides=2, padding=padding, name="down")(cat))
+    down = rl.MaxMin(name="down_act")(ortho(8, strides=2, padding=padding, name="down")(cat))
     s2d = rl.InvertibleDownsampling(2, name="s2d")(down)
-    mix = rl.MaxMin(name="mix_act")(rl.OrthoConv2D(8, kernel_size=1, padding=padding, name="mix")(s2d))
+    mix = rl.MaxMin(name="mix_act")(ortho(8, kernel_size=1, padding=padding, name="mix")(s2d))
     pooled = rl.GlobalL2NormPooling2D(name="pool")(mix)
     fc = rl.MaxMin(name="fc_act")(rl.OrthoDense(4, name="fc")(pooled))
     out = rl.OutputScale(2.0, name="scale")(rl.OrthoDense(1, name="out")(fc))
@@ -111,9 +112,10 @@ def test_a_tau_that_empties_a_layer_is_an_error(branchy):
         graph.select(scores)
 
 
+@pytest.mark.parametrize("conv", ["fourier", "block"])
 @pytest.mark.parametrize("padding", ["same", "circular"])
-def test_surgery_keeps_orthogonal_layers_orthogonal(padding):
-    model = branchy_model(padding)
+def test_surgery_keeps_orthogonal_layers_orthogonal(padding, conv):
+    model = branchy_model(padding, conv)
     graph = ChannelGraph(model)
     pruned_groups = graph.select(graph.scores(), fraction=0.5)
     pruned = prune_model(model, graph, pruned_groups)
@@ -124,7 +126,7 @@ def test_surgery_keeps_orthogonal_layers_orthogonal(padding):
     checked = 0
     for layer in leaf_layers(pruned):
         conv = layer.conv if isinstance(layer, rl.RobustBlock) else layer
-        if not isinstance(conv, (rl.OrthoConv2D, rl.OrthoDense)):
+        if not isinstance(conv, (rl.OrthoConv2D, rl.BlockOrthoConv2D, rl.OrthoDense)):
             continue
         in_shape = tuple(layer.input.shape[1:])
         bias = conv.bias.numpy()
@@ -156,6 +158,9 @@ def test_nothing_pruned_reproduces_the_model(branchy):
     model, graph = branchy
     x = np.random.default_rng(1).uniform(size=(3, 8, 8, 3)).astype("float32")
     np.testing.assert_allclose(np.asarray(prune_model(model, graph, set())(x)), np.asarray(model(x)), rtol=1e-5)
+    block = branchy_model(conv="block")
+    np.testing.assert_allclose(np.asarray(prune_model(block, ChannelGraph(block), set())(x)), np.asarray(block(x)),
+                               rtol=1e-5)
 
 
 def test_masks_equal_removal_for_plain_layers():
@@ -178,9 +183,10 @@ def test_masks_equal_removal_for_plain_layers():
     assert widths == [5, 5, 10]  # round(0.4 * 8) = 3 and round(0.4 * 16) = 6 removed
 
 
-def test_replace_model_bound_never_rises():
+@pytest.mark.parametrize("conv", ["fourier", "block"])
+def test_replace_model_bound_never_rises(conv):
     keras.utils.set_random_seed(0)
-    model = robustify(small_iqa_cnn(16, widths=(8, 8, 16), head_units=8), mode="replace")
+    model = robustify(small_iqa_cnn(16, widths=(8, 8, 16), head_units=8), mode="replace", conv=conv)
     graph = ChannelGraph(model)
     for fraction in (0.25, 0.5, 0.9):
         pruned = prune_model(model, graph, graph.select(graph.scores(), fraction=fraction))

@@ -84,13 +84,15 @@ def test_defaults_and_overrides():
 
     # The small model has no pretrained weights: it starts from scratch.
     config, out = recipe.recipe_config(KONIQ, ["--data-dir", "d", "--model", "small",
-                                               "--robust", "replace", "--robust-activation", "relu",
+                                               "--robust", "replace", "--robust-conv", "block",
+                                               "--robust-activation", "relu",
                                                "--robust-pooling", "invertible", "--robust-channel-gains",
                                                "--distill-from", "runs/teacher"])
     assert (config.model, config.weights, config.robust) == ("small", None, "replace")
     assert (config.robust_activation, config.robust_pooling, config.robust_channel_gains) == \
         ("relu", "invertible", True)
     assert config.distill_from == "runs/teacher"
+    assert config.robust_conv == "block"
     assert out == "runs/koniq10k-small-replace"
 
 

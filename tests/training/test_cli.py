@@ -22,7 +22,8 @@ from keras_robust_iqa import cli
 from keras_robust_iqa import data as iqa_data
 from keras_robust_iqa.models import MODEL_NAMES
 from keras_robust_iqa.training import trainer
-from keras_robust_iqa.training.trainer import (LOSSES, ROBUST_ACTIVATIONS, ROBUST_MODES, ROBUST_POOLINGS, STRATEGIES,
+from keras_robust_iqa.training.trainer import (LOSSES, ROBUST_ACTIVATIONS, ROBUST_CONVOLUTIONS, ROBUST_MODES,
+                                               ROBUST_POOLINGS, STRATEGIES,
                                                TrainConfig)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -85,6 +86,7 @@ def test_option_choices_follow_the_library():
     assert choices["model"] == MODEL_NAMES
     assert choices["robust"] == ROBUST_MODES
     assert choices["robust_activation"] == ROBUST_ACTIVATIONS
+    assert choices["robust_conv"] == ROBUST_CONVOLUTIONS
     assert choices["robust_pooling"] == ROBUST_POOLINGS
     assert choices["loss"] == tuple(LOSSES)
     assert choices["strategy"] == STRATEGIES
@@ -101,7 +103,8 @@ def test_every_option_reaches_the_config(monkeypatch, capsys, tmp_path):
 
     monkeypatch.setattr(trainer, "train", fake_train)
     expected = TrainConfig(
-        dataset="csv", data_dir="data/mine", model="resnet50", robust="insert", robust_activation="relu",
+        dataset="csv", data_dir="data/mine", model="resnet50", robust="insert",
+        robust_conv=next(c for c in ROBUST_CONVOLUTIONS if c != TrainConfig.robust_conv), robust_activation="relu",
         robust_pooling="invertible", robust_channel_gains=True,
         weights="imagenet", init_from="runs/base", distill_from="runs/teacher", distill_weight=0.25,
         epochs=3, batch_size=7, patch_size=48,

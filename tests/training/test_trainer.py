@@ -438,6 +438,7 @@ def test_ema_run_validates_and_saves_the_averaged_weights(small_builtin, tmp_pat
         ("learning_rate", float("nan"), "--learning-rate"),
         ("ema", 1.0, "--ema"),
         ("ema", 0.0, "--ema"),
+        ("robust_conv", "cayley", "--robust-conv"),
         ("distill_weight", 1.5, "--distill-weight"),
         ("distill_weight", -0.1, "--distill-weight"),
     ],
