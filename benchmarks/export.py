@@ -1,14 +1,15 @@
 """Per-image latency of one IQA model in Keras and in each export format, side by side.
 
-For a base model and its robust versions ("replace", "insert"): the Keras model
-(orthogonal layers computed with FFTs, as trained), and the exported SavedModel,
+For a base model and its robust versions ("replace", "insert", each with the Fourier
+convolution and with the compact-kernel one, "-block"): the Keras model (as trained), and
+the exported SavedModel,
 TFLite float32, TFLite dynamic-range int8 and ONNX files, each on its own runtime.
 Every runtime scores the same whole images (patch grid and averaging included),
 one image per call; rounds are interleaved so machine noise hits them alike, and
 the median of each runtime's best round is printed.
 
     python benchmarks/export.py [--patch-size 64] [--image-size 256] [--repeats 20]
-        [--base-run runs/base --replace-run runs/replace --insert-run runs/insert]
+        [--base-run runs/base --replace-run runs/replace --replace-block-run runs/replace-block ...]
 
 Without run folders, freshly built (untrained) small models are used: latency
 does not depend on the weights' values.
@@ -24,6 +25,7 @@ import time
 import numpy as np
 
 FORMATS = ("keras", "savedmodel", "tflite", "tflite_int8", "onnx")
+KINDS = ("base", "replace", "insert", "replace-block", "insert-block")
 
 
 def make_runs(args, folder):
@@ -33,15 +35,16 @@ def make_runs(args, folder):
 
     runs = {}
     base = None
-    for kind in ("base", "replace", "insert"):
-        given = getattr(args, f"{kind}_run")
+    for kind in KINDS:
+        given = getattr(args, f"{kind.replace('-', '_')}_run")
         if given:
             runs[kind] = pathlib.Path(given)
             continue
         if base is None:
             keras.utils.set_random_seed(0)
             base = models.build_model("small", patch_size=args.patch_size)
-        model = base if kind == "base" else models.robustify(base, mode=kind)
+        mode, _, conv = kind.partition("-")
+        model = base if kind == "base" else models.robustify(base, mode=mode, conv=conv or "fourier")
         run = folder / "runs" / kind
         run.mkdir(parents=True)
         model.save(run / "model.keras")
@@ -94,7 +97,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=20, help="timed calls per round (default: 20)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="TFLite interpreter threads (default: all cores, like TF and onnxruntime)")
-    for kind in ("base", "replace", "insert"):
+    for kind in KINDS:
         parser.add_argument(f"--{kind}-run", help=f"run folder of the {kind} model (default: build one)")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
@@ -123,6 +126,9 @@ def main():
     for kind, r in results.items():
         ms = r["ms_per_image"]
         print(f"| {kind} | " + " | ".join(f"{ms[k]:.1f} ({ms[k] / ms['keras']:.2f}x)" for k in FORMATS) + " |")
+    print("\nTFLite float32 latency against the base model's (target for the -block models: within 1.1x)\n")
+    for kind, r in results.items():
+        print(f"- {kind}: {r['ms_per_image']['tflite'] / results['base']['ms_per_image']['tflite']:.2f}x")
     print("\nFile sizes, MB (.keras: the run's model file)\n")
     files = ("keras", "savedmodel", "tflite", "tflite_int8", "onnx")
     print("| model | " + " | ".join(files) + " |")
