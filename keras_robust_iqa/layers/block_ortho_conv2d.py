@@ -294,11 +294,14 @@ def circular_pad(x, kernel_size, stride):
     for axis, k in zip((1, 2), kernel_size):
         before = (k - stride) // 2
         after = k - stride - before
+        index = [slice(None)] * 4
         parts = []
         if before:
-            parts.append(tf.gather(x, tf.range(tf.shape(x)[axis] - before, tf.shape(x)[axis]), axis=axis))
+            index[axis] = slice(-before, None)
+            parts.append(x[tuple(index)])
         parts.append(x)
         if after:
-            parts.append(tf.gather(x, tf.range(after), axis=axis))
+            index[axis] = slice(None, after)
+            parts.append(x[tuple(index)])
         x = tf.concat(parts, axis=axis) if len(parts) > 1 else x
     return x

@@ -100,6 +100,11 @@ class RobustBlock(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return self.conv.compute_output_shape(input_shape)
 
+    @classmethod
+    def from_config(cls, config):
+        # Files saved before the `conv` option hold Fourier-domain blocks.
+        return cls(**{"conv": "fourier", **config})
+
     def get_config(self):
         config = super().get_config()
         config.update(

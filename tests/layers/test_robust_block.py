@@ -104,3 +104,10 @@ def test_bad_arguments():
         RobustBlock(0)
     with pytest.raises(ValueError, match="conv='cayley'"):
         RobustBlock(8, conv="cayley")
+
+
+def test_configs_saved_before_the_conv_option_load_as_fourier_blocks():
+    config = RobustBlock(8).get_config()
+    del config["conv"]
+    assert RobustBlock.from_config(config).conv_type == "fourier"
+    assert RobustBlock.from_config({**config, "conv": "block"}).conv_type == "block"
