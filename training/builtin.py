@@ -4,7 +4,7 @@ CPU in minutes. The dataset is built into the cache on first use (about 20 s).
     python training/builtin.py                       # base model -> runs/builtin-small (~5 min)
     python training/builtin.py --robust replace      # certified 1-Lipschitz model (~25 min)
 
-The settings of the README's accuracy table: 16 random patches per image and epoch, the PLCC
+The settings of the accuracy runs in docs/experiments.md: 16 random patches per image and epoch, the PLCC
 loss (the run is then calibrated to the MOS scale), 28 epochs of a cosine schedule.
 """
 

@@ -96,30 +96,29 @@ def robustify(model, mode="replace", *, conv="fourier", after=None, keep_weights
             or `Normalization` reads them, as in the backbones).
             The orthogonal convolutions zero-pad: with inputs in [0, 1],
             centring them on mid-grey keeps the borders from reading as
-            black edges (README, "Accuracy", has the measured effect). A
+            black edges (its measured effect: docs/experiments.md). A
             shift has Lipschitz constant 1: the bound is unchanged.
         activation: for `"replace"`, the activation that stands in for every
             original one: `"groupsort"` (gradient-norm preserving, Anil et al.
-            2019) or `"relu"` (1-Lipschitz too, but it can flatten the score
-            along directions that do not matter: on the built-in dataset it
-            ranked better at the same attack gain; README, "Measured").
+            2019) or `"relu"` (1-Lipschitz too, but not gradient-norm
+            preserving, so the score can stay flat along directions that do
+            not matter; measured in docs/experiments.md).
         pooling: for `"replace"`, what stands in for each local pooling
             layer of stride `s`: `"l2norm"` (`L2NormPooling2D`, the norm of
             each window: channels unchanged) or `"invertible"`
             (`InvertibleDownsampling`, space-to-depth: a permutation that
             loses nothing, so the next layer reads `s * s` times the
-            channels and costs more; on the built-in dataset it ranked JPEG
-            better on one seed of two, README "Measured accuracy"). Both are
-            1-Lipschitz. The layer after an invertible pooling must accept
+            channels and costs more; measured in docs/experiments.md). Both
+            are 1-Lipschitz. The layer after an invertible pooling must accept
             the wider input (a convolution or a dense layer does; an `Add`
             with a branch that skips the pooling does not).
         channel_gains: for `"replace"`, follow every orthogonal layer but the
             last (which `OutputScale` scales) by a `ChannelGain`: learnable
             per-channel gains in [-1, 1]. Orthogonal layers alone cannot
             weigh their channels (every singular value is 1); the gains can,
-            and they keep the model 1-Lipschitz. On the built-in dataset
-            they raised test SROCC on one seed of three and lowered its
-            mean (README, "Measured accuracy").
+            and they keep the model 1-Lipschitz (the bound multiplies by
+            each layer's largest gain, at most 1; measured in
+            docs/experiments.md).
 
     Returns:
         A new model; `model` is left unchanged.

@@ -33,18 +33,17 @@ def add_parser(subparsers):
                    f"compact orthogonal kernel run as a plain convolution) (default: {d.robust_conv})")
     p.add_argument("--robust-activation", default=d.robust_activation, choices=ROBUST_ACTIVATIONS,
                    help="activation of --robust replace models: groupsort (MaxMin, gradient-norm "
-                   "preserving) or relu (also 1-Lipschitz; it ranked better at the same attack gain "
-                   f"on the built-in dataset) (default: {d.robust_activation})")
+                   "preserving) or relu (also 1-Lipschitz, not gradient-norm preserving: the score can "
+                   f"stay flat where it does not matter; see docs/experiments.md) (default: {d.robust_activation})")
     p.add_argument("--robust-pooling", default=d.robust_pooling, choices=ROBUST_POOLINGS,
                    help="what stands in for the pooling layers of --robust replace models: l2norm "
                    "(the L2 norm of each window) or invertible (space-to-depth: keeps every value, "
-                   "the next layer reads 4x the channels and costs more; on the built-in dataset it "
-                   f"ranked JPEG better on one seed of two) (default: {d.robust_pooling})")
+                   "the next layer reads 4x the channels and costs more; see docs/experiments.md) "
+                   f"(default: {d.robust_pooling})")
     p.add_argument("--robust-channel-gains", action="store_true",
                    help="follow each orthogonal layer of --robust replace models by learnable "
                    "per-channel gains in [-1, 1] (still 1-Lipschitz; orthogonal layers alone cannot "
-                   "weigh their channels; on the built-in dataset they raised test SROCC on one seed of three "
-                   "and lowered its mean) (default: off)")
+                   "weigh their channels; see docs/experiments.md) (default: off)")
     p.add_argument("--weights", help="backbone weights: 'imagenet' or a weights file (backbones only)")
     p.add_argument("--init-from", metavar="RUN", help="start from the model of this run folder")
     p.add_argument("--distill-from", metavar="RUN",

@@ -5,15 +5,15 @@ JPEG-compressed photograph shows none of the damage. A teacher that has learned 
 scores each patch by what the patch shows; mixing its score into the label gives the
 student a target per patch (Hinton et al., 2015, for regression). The student is the model
 being trained, of any architecture: the use it was made for is a 1-Lipschitz `replace`
-model taught by a trained base model, which ranks better than the constrained model can
-learn to from the labels alone (README, "Measured accuracy").
+model taught by a trained base model, whose per-patch scores tell it which patches show the
+damage (the distilled runs are in docs/experiments.md).
 
 Only the training targets change: validation, the checkpoint and the test read the real
 MOS. The teacher runs inside the input pipeline and is not part of the saved model. Input
-pipelines run on the host's CPU: cheap for the small base model (the distilled `replace`
-runs on the built-in set took about as long per epoch as the plain ones), slow for a large
-backbone teacher on a GPU machine, where the teacher's scores would better be computed
-once and stored with the data, or inside the training step.
+pipelines run on the host's CPU: cheap for the small base model (the distilled runs' times
+are in docs/experiments.md), slow for a large backbone teacher on a GPU machine, where the
+teacher's scores would better be computed once and stored with the data, or inside the
+training step.
 """
 
 import json
