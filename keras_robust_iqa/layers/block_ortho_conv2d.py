@@ -111,7 +111,7 @@ class BlockOrthoConv2D(keras.layers.Layer):
         g, s = self.groups, self.strides[0]
         self.input_channels = channels
         cin, cout = channels // g, self.filters // g
-        (kh, kw) = self.kernel_size
+        kh, kw = self.kernel_size
         # Two-tap factors: kh - s along the height, then kw - s along the width.
         self._vertical = kh - s
         factors = (kh - s) + (kw - s)
@@ -135,10 +135,14 @@ class BlockOrthoConv2D(keras.layers.Layer):
             if self.use_bias
             else None
         )
-        free = [w for w in (self.projector_kernel, self.mixing_kernel, self.downsampling_kernel) if w is not None]
         self._kernel_cache = DerivedWeightCache(
-            free, (kh, kw, cin, self.filters), tf.float32, name=f"{self.name}_kernel"
+            self._free_weights(), (kh, kw, cin, self.filters), tf.float32, name=f"{self.name}_kernel"
         )
+
+    def _free_weights(self):
+        """The free matrices the kernel is made from, in `_merge`'s order."""
+        weights = (self.projector_kernel, self.mixing_kernel, self.downsampling_kernel)
+        return [w for w in weights if w is not None]
 
     def _free_weight(self, name, shape):
         initializer = self.kernel_initializer or keras.initializers.RandomNormal(
@@ -163,8 +167,7 @@ class BlockOrthoConv2D(keras.layers.Layer):
 
     def orthogonal_kernel(self):
         """The merged `(kh, kw, channels // groups, filters)` kernel, Keras layout."""
-        free = [w for w in (self.projector_kernel, self.mixing_kernel, self.downsampling_kernel) if w is not None]
-        return self._merge(*(tf.cast(tf.convert_to_tensor(w), tf.float32) for w in free))
+        return self._merge(*(tf.cast(tf.convert_to_tensor(w), tf.float32) for w in self._free_weights()))
 
     def _merge(self, *free):
         free = list(free)
@@ -174,11 +177,9 @@ class BlockOrthoConv2D(keras.layers.Layer):
         s = self.strides[0]
         g, cin = self.groups, self.input_channels // self.groups
         cout = self.filters // g
-        # Tap arrays `(g, kh, kw, out, in)`: tap (a, b) maps inputs to outputs.
-        if mixing is not None:
-            taps = mixing[:, None, None]
-        else:
-            taps = tf.eye(cin, batch_shape=(g, 1, 1))
+        # Tap arrays `(g, kh, kw, out, in)`: tap (a, b) maps inputs to outputs. There is
+        # no mixing factor only for a strided kernel of size `strides` (the RKO factor alone).
+        taps = mixing[:, None, None] if mixing is not None else None
         # Stride 1, more outputs: projectors on the output side (left products);
         # fewer outputs: on the input side (right products). Strided: on the input.
         left = s > 1 or cout >= cin
@@ -189,7 +190,7 @@ class BlockOrthoConv2D(keras.layers.Layer):
         if downsampling is not None:
             down = tf.reshape(downsampling, (g, cout, s, s, cin))
             down = tf.transpose(down, (0, 2, 3, 1, 4))
-            taps = down if self._factors == 0 else _compose(down, taps)
+            taps = down if taps is None else _compose(down, taps)
         # `(g, kh, kw, cout, cin)` -> `(kh, kw, cin, g * cout)`, groups major.
         kh, kw = self.kernel_size
         kernel = tf.transpose(taps, (1, 2, 4, 0, 3))
