@@ -13,7 +13,9 @@ A reader sees the real sizes. ```python no-run marks a block that cannot run her
 dataset download); they are counted, and kept rare.
 """
 
+import argparse
 import ast
+import importlib
 import pathlib
 import re
 
@@ -28,6 +30,7 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<info>.*)$")
 # The docs' blocks see one distorted built-in image in this many (and every pristine crop).
 KEEP_EVERY = 3
+README_MOST_LINES = 250
 # Blocks that cannot run here (downloads, a GPU cluster): at most this many in all the docs.
 MOST_NO_RUN = 2
 
@@ -130,6 +133,28 @@ def test_every_stage_page_is_there_and_has_code():
     for name in ("README.md", *sorted(stages - {"performance.md", "experiments.md"})):
         page = next(page for page in PAGES if page.name == name)
         assert any(not b.no_run for b in python_blocks(page)), f"{name} has no runnable ```python block"
+
+
+def test_readme_is_a_front_door():
+    """A newcomer reads it in minutes: the records live in docs/experiments.md, and every
+    command of `robust-iqa` has its row in the README's table."""
+    from keras_robust_iqa import cli
+
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= README_MOST_LINES
+
+    class Subparsers:  # records the name each command module registers
+        names = []
+
+        def add_parser(self, name, **kwargs):
+            self.names.append(name)
+            return argparse.ArgumentParser(prog=name)
+
+    for module in cli.COMMANDS:
+        importlib.import_module(module).add_parser(Subparsers())
+    assert len(Subparsers.names) == len(cli.COMMANDS)
+    for command in Subparsers.names:
+        assert f"| `robust-iqa {command}" in readme, f"the README's CLI table has no row for `{command}`"
 
 
 def test_no_run_blocks_are_rare_and_overrides_parse():
