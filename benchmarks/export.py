@@ -35,7 +35,9 @@ def make_runs(args, folder):
 
     runs = {}
     base = None
-    for kind in KINDS:
+    for kind in args.kinds.split(","):
+        if kind not in KINDS:
+            raise SystemExit(f"--kinds: unknown model {kind!r}; choose from {KINDS}")
         given = getattr(args, f"{kind.replace('-', '_')}_run")
         if given:
             runs[kind] = pathlib.Path(given)
@@ -44,7 +46,8 @@ def make_runs(args, folder):
             keras.utils.set_random_seed(0)
             base = models.build_model("small", patch_size=args.patch_size)
         mode, _, conv = kind.partition("-")
-        model = base if kind == "base" else models.robustify(base, mode=mode, conv=conv or "fourier")
+        options = dict(activation=args.activation) if mode == "replace" else {}
+        model = base if kind == "base" else models.robustify(base, mode=mode, conv=conv or "fourier", **options)
         run = folder / "runs" / kind
         run.mkdir(parents=True)
         model.save(run / "model.keras")
@@ -99,9 +102,15 @@ def main():
                         help="TFLite interpreter threads (default: all cores, like TF and onnxruntime)")
     for kind in KINDS:
         parser.add_argument(f"--{kind}-run", help=f"run folder of the {kind} model (default: build one)")
+    parser.add_argument("--activation", default="groupsort", choices=("groupsort", "relu"),
+                        help="activation of the built replace models (default: groupsort)")
+    parser.add_argument("--kinds", default=",".join(KINDS),
+                        help=f"comma-separated models to build and time (default: {','.join(KINDS)})")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
 
+    if "base" not in args.kinds.split(","):
+        raise SystemExit("--kinds must include base: every latency is compared with the base model's")
     from keras_robust_iqa.deployment.export import export_run
 
     rng = np.random.default_rng(0)
