@@ -7,7 +7,7 @@ from keras_robust_iqa.models.robustify import ACTIVATIONS as ROBUST_ACTIVATIONS
 from keras_robust_iqa.models.robustify import CONVOLUTIONS as ROBUST_CONVOLUTIONS
 from keras_robust_iqa.models.robustify import MODES as ROBUST_MODES
 from keras_robust_iqa.models.robustify import POOLINGS as ROBUST_POOLINGS
-from keras_robust_iqa.models.robustify import robustify, stage_ends
+from keras_robust_iqa.models.robustify import insertion_points, robustify, stage_ends
 from keras_robust_iqa.models.small_cnn import small_iqa_cnn
 
 MODEL_NAMES = ("small", *BACKBONES)
@@ -32,6 +32,7 @@ __all__ = [
     "ROBUST_POOLINGS",
     "backbone_iqa_model",
     "build_model",
+    "insertion_points",
     "lipschitz_bound",
     "patch_grid",
     "robustify",

@@ -7,6 +7,7 @@ import numpy as np
 
 from keras_robust_iqa import layers as robust_layers
 from keras_robust_iqa.models.backbones import ChannelReverse
+from keras_robust_iqa.models.graph import check_graph_model, tensors_in, walk
 
 # Layers whose L2 Lipschitz constant is at most 1, whatever their weights.
 _ONE_LIPSCHITZ = (
@@ -27,16 +28,34 @@ _ONE_LIPSCHITZ = (
     keras.layers.Identity,
     ChannelReverse,  # a permutation
 )
+# L2 Lipschitz constants of element-wise activations (the largest slope).
+ACTIVATION_LIPSCHITZ = {
+    "linear": 1.0,
+    "relu": 1.0,
+    "sigmoid": 0.25,  # sigmoid' = s (1 - s) <= 1/4, at 0
+    "tanh": 1.0,  # tanh' = 1 - tanh^2 <= 1, at 0
+}
 
 
-def layer_lipschitz(layer):
-    """L2 Lipschitz constant of one single-input layer (at inference)."""
+def layer_lipschitz(layer, input_shape=None):
+    """L2 Lipschitz constant of one single-input layer (at inference).
+
+    `input_shape`: the shape of the input of this call (default: the layer's first
+    call), for the layers whose constant depends on it (`GlobalL2NormPooling2D`).
+    """
     if isinstance(layer, _ONE_LIPSCHITZ):
         return 1.0
     if isinstance(layer, (keras.layers.ReLU, keras.layers.LeakyReLU)):
         return _relu_lipschitz(layer)
+    if isinstance(layer, keras.layers.Activation):
+        name = getattr(layer.activation, "__name__", str(layer.activation))
+        if name in ACTIVATION_LIPSCHITZ:
+            return ACTIVATION_LIPSCHITZ[name]
     if isinstance(layer, robust_layers.GlobalL2NormPooling2D):
-        return layer.lipschitz_constant(layer.input.shape)
+        shape = input_shape if input_shape is not None else layer.input.shape
+        if None in tuple(shape[1:3]):
+            return 1.0  # the map x -> ||x|| alone: a bound at every input size
+        return layer.lipschitz_constant(shape)
     if isinstance(layer, (robust_layers.OutputScale, robust_layers.ChannelGain)):
         return layer.lipschitz_constant()
     if isinstance(layer, keras.layers.Normalization):
@@ -45,10 +64,11 @@ def layer_lipschitz(layer):
         return float(np.max(np.abs(layer.scale)))
     if isinstance(layer, keras.Sequential):
         return math.prod(layer_lipschitz(inner) for inner in layer.layers)
-    if isinstance(layer, keras.Model):
+    if isinstance(layer, keras.Model) and hasattr(layer, "operations"):
         return lipschitz_bound(layer)
+    kind = type(layer).__name__ if isinstance(layer, keras.layers.Layer) else f"keras.ops {type(layer).__name__}"
     raise ValueError(
-        f"lipschitz_bound cannot certify layer '{layer.name}' ({type(layer).__name__}): its "
+        f"lipschitz_bound cannot certify layer '{layer.name}' ({kind}): its "
         "Lipschitz constant is not bounded by construction. Certify a model made with "
         "robustify(model, mode='replace')."
     )
@@ -69,13 +89,16 @@ def _relu_lipschitz(layer):
     return max(1.0, slope)
 
 
-def lipschitz_bound(model, image_shape=None):
+def lipschitz_bound(model, image_shape=None, *, patch_size=None):
     """Certified L2 Lipschitz constant of `model` on its input patches.
 
     Walks the layer graph: orthogonal and norm-preserving layers contribute 1,
-    `GlobalL2NormPooling2D` `1 / sqrt(H W)`, `OutputScale` `|scale|`, a
+    `GlobalL2NormPooling2D` `1 / sqrt(H W)` (1 where the map size is not
+    static), `OutputScale` `|scale|`, a `ChannelGain` its largest `|d|`, a
+    sigmoid 1/4 and a tanh 1 (the output activations `replace` keeps), a
     `ConvexCombination` the weighted mean of its branches' bounds, a
-    `Concatenate` the root sum of squares. For a model made with
+    `Concatenate` the root sum of squares. Nested functional and Sequential
+    models are followed into. For a model made with
     `robustify(..., mode="replace")`, `|f(x) - f(y)| <= bound * ||x - y||_2`
     for all inputs (in particular images in [0, 1]).
 
@@ -84,50 +107,47 @@ def lipschitz_bound(model, image_shape=None):
         image_shape: `(H, W)` of whole images scored by averaging patch
             scores (`score_images`): the bound is divided by
             `sqrt(number of patches)`.
+        patch_size: the patch side of that grid, for a model that takes any
+            input size (default: the model's own).
 
     Raises:
         ValueError: naming the first layer whose constant is not bounded.
     """
-    if isinstance(model, keras.Sequential):
-        bound = layer_lipschitz(model)
-    else:
-        bound = _graph_bound(model)
+    check_graph_model(model, "lipschitz_bound")
+    bound = _graph_bound(model)
     if image_shape is not None:
         from keras_robust_iqa.models.patches import model_patch_size, patches_per_image
 
-        bound /= math.sqrt(patches_per_image(*image_shape, model_patch_size(model)))
+        bound /= math.sqrt(patches_per_image(*image_shape, model_patch_size(model, patch_size)))
     return float(bound)
 
 
 def _graph_bound(model):
-    """Propagate bounds through a functional model's graph, inputs to output.
+    """Propagate bounds through the model's graph (nested models opened up), inputs to output.
 
-    Keras keeps the graph as nodes grouped by depth (0: the outputs); each
-    node is one call of a layer on tensors of this graph, which `layer.input`
-    cannot give for a nested model called on new tensors.
+    Each tensor gets a bound on its Lipschitz constant as a function of the model's
+    inputs; a layer multiplies its input's bound by its own constant.
     """
-    bounds = {id(t): 1.0 for t in model.inputs}
-    for depth in sorted(model._nodes_by_depth, reverse=True):
-        for node in model._nodes_by_depth[depth]:
-            layer = node.operation
-            if isinstance(layer, keras.layers.InputLayer):
-                continue
-            try:
-                upstream = [bounds[id(t)] for t in node.input_tensors]
-            except KeyError:
-                raise ValueError(f"lipschitz_bound cannot follow the graph at layer '{layer.name}'.") from None
-            if isinstance(layer, robust_layers.ConvexCombination):
-                value = float(np.dot(np.asarray(layer.weights_simplex()), upstream))
-            elif isinstance(layer, keras.layers.Concatenate):
-                value = math.sqrt(sum(b * b for b in upstream))
-            elif len(upstream) != 1:
-                raise ValueError(
-                    f"lipschitz_bound cannot certify layer '{layer.name}' ({type(layer).__name__}) "
-                    "with several inputs."
-                )
-            else:
-                value = layer_lipschitz(layer) * upstream[0]
-            for t in node.output_tensors:
-                bounds[id(t)] = value
-    (output,) = model.outputs
-    return bounds[id(output)]
+    bounds = {}
+
+    def propagate(layer, args, kwargs):
+        upstream = [bounds.get(id(t), 1.0) for t in tensors_in(args)]  # unknown: a model input
+        outputs = layer(*args, **kwargs)
+        if isinstance(layer, robust_layers.ConvexCombination):
+            value = float(np.dot(np.asarray(layer.weights_simplex()), upstream))
+        elif isinstance(layer, keras.layers.Concatenate):
+            value = math.sqrt(sum(b * b for b in upstream))
+        elif len(upstream) != 1:
+            kind = type(layer).__name__ if isinstance(layer, keras.layers.Layer) else f"keras.ops {type(layer).__name__}"
+            raise ValueError(
+                f"lipschitz_bound cannot certify layer '{layer.name}' ({kind}) with "
+                f"{len(upstream)} inputs: only ConvexCombination and Concatenate merge branches."
+            )
+        else:
+            value = layer_lipschitz(layer, tensors_in(args)[0].shape) * upstream[0]
+        for t in keras.tree.flatten(outputs):
+            bounds[id(t)] = value
+        return outputs
+
+    _, outputs = walk(model, propagate)
+    return bounds.get(id(keras.tree.flatten(outputs)[0]), 1.0)
