@@ -7,7 +7,7 @@ from keras_robust_iqa.pruning.criterion import channel_scores, effective_kernel
 from keras_robust_iqa.pruning.graph import ChannelGraph
 from keras_robust_iqa.pruning.pipeline import prune_run
 from keras_robust_iqa.pruning.schedule import ThresholdDecay, gradual_schedule
-from keras_robust_iqa.pruning.surgery import masked_model, prune_model, set_masks
+from keras_robust_iqa.pruning.surgery import masked_model, prune, prune_model, set_masks
 
 __all__ = [
     "ChannelGraph",
@@ -20,6 +20,7 @@ __all__ = [
     "gradual_schedule",
     "inference_latency",
     "masked_model",
+    "prune",
     "prune_model",
     "prune_run",
     "set_masks",

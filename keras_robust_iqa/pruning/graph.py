@@ -20,6 +20,7 @@ import numpy as np
 from keras import tree
 
 from keras_robust_iqa import layers as robust_layers
+from keras_robust_iqa.models.graph import tensors_in, walk
 from keras_robust_iqa.pruning import criterion
 
 # Layers whose output channels are atoms (and whose kernels lose input channels).
@@ -64,51 +65,10 @@ MERGES = (
 )
 
 
-def walk(model, call):
-    """Re-run `model`'s graph on new inputs, nested models opened up.
-
-    `call(layer, args, kwargs)` computes each leaf layer's outputs from the
-    new tensors (call the layer itself, a replacement, or add layers around
-    it). Returns `(inputs, outputs)` of the flat graph, ready for `keras.Model`.
-    """
-    inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=_input_name(t)) for t in model.inputs]
-    outputs = _run(model, inputs, call)
-    return _single(inputs), _single(outputs)
-
-
-def _single(tensors):
-    return tensors[0] if len(tensors) == 1 else tensors
-
-
-def _input_name(tensor):
-    history = getattr(tensor, "_keras_history", None)
-    return history.operation.name if history else None
-
-
-def _run(model, inputs, call):
-    if isinstance(model, keras.Sequential):
-        (x,) = inputs
-        for layer in model.layers:
-            x = _call(layer, (x,), {}, call)
-        return [x]
-    values = {id(t): v for t, v in zip(model.inputs, inputs)}
-    for depth in sorted(model._nodes_by_depth, reverse=True):
-        for node in model._nodes_by_depth[depth]:
-            if node.is_input or node.operation is None:
-                continue
-            args, kwargs = node.arguments.fill_in(values)
-            kwargs.pop("mask", None)  # no layer here uses Keras masking
-            outputs = _call(node.operation, args, kwargs, call)
-            for t, v in zip(node.outputs, tree.flatten(outputs)):
-                values[id(t)] = v
-    return [values[id(t)] for t in model.outputs]
-
-
-def _call(layer, args, kwargs, call):
-    if isinstance(layer, keras.Model):
-        outputs = _run(layer, tree.flatten(args), call)
-        return outputs[0] if len(outputs) == 1 else outputs
-    return call(layer, args, kwargs)
+class _SharedLayer(Exception):
+    def __init__(self, layer_id):
+        super().__init__(layer_id)
+        self.layer_id = layer_id
 
 
 def is_residual_block(layer):
@@ -161,24 +121,24 @@ class ChannelGraph:
         frozen_groups: indices of groups that must stay.
         owner: `{atom: (producer name, channel)}`.
 
+    A layer called more than once (shared) keeps all its channels, and so do the
+    layers whose channels reach it: one set of weights serves every call.
+
     Raises:
-        ValueError: the model has no prunable channel, or calls a layer twice.
+        ValueError: the model has no prunable channel, or two of its layers share a name.
     """
 
     def __init__(self, model):
         self.model = model
-        self._parent = []
-        self.owner = {}
-        self._frozen_atoms = set()
-        self._atoms = {}
-        self.producers = {}
-        self.inputs_of = {}
-        self.outputs_of = {}
-        self.mixing = []
-        self.gains = []  # (ChannelGain, the atoms it reads, position by position)
-        self.same_channel = {}  # atom -> every atom merged into the same channel
-        self._seen = set()
-        _, outputs = walk(model, self._visit)
+        # Layers called more than once (shared): their channels stay, and they stay whole.
+        self.shared = set()
+        while True:
+            self._reset()
+            try:
+                _, outputs = walk(model, self._visit)
+                break
+            except _SharedLayer as found:  # learnt only at its second call: walk again
+                self.shared.add(found.layer_id)
         for t in tree.flatten(outputs):
             self._frozen_atoms.update(self._atoms[id(t)])
         self._collect_groups()
@@ -193,7 +153,21 @@ class ChannelGraph:
                 f"prunable layers {list(self.producers)} is needed as it is (the model's output, "
                 "or read by a layer that cannot be sliced)."
             )
-        del self._atoms, self._seen
+        del self._atoms, self._seen, self._names
+
+    def _reset(self):
+        self._parent = []
+        self.owner = {}
+        self._frozen_atoms = set()
+        self._atoms = {}
+        self.producers = {}
+        self.inputs_of = {}
+        self.outputs_of = {}
+        self.mixing = []
+        self.gains = []  # (ChannelGain, the atoms it reads, position by position)
+        self.same_channel = {}  # atom -> every atom merged into the same channel
+        self._seen = set()
+        self._names = {}
 
     # Union-find over atoms -----------------------------------------------------
 
@@ -226,17 +200,23 @@ class ChannelGraph:
     # Walking the graph ---------------------------------------------------------
 
     def _visit(self, layer, args, kwargs):
-        if id(layer) in self._seen:
-            raise ValueError(
-                f"Layer '{layer.name}' is called more than once in the model; pruning needs "
-                "each layer to have one set of input channels."
-            )
+        if id(layer) in self._seen and id(layer) not in self.shared:
+            raise _SharedLayer(id(layer))
         self._seen.add(id(layer))
+        if self._names.setdefault(layer.name, id(layer)) != id(layer):
+            raise ValueError(
+                f"Two layers of model '{self.model.name}' are both named '{layer.name}' (in different "
+                "nested models); pruning finds layers by name: give them distinct names."
+            )
+        kwargs.pop("mask", None)  # no layer here uses Keras masking
         outputs = layer(*args, **kwargs)
-        ins = [self._atoms_of(t) for t in tree.flatten(args)]
+        ins = [self._atoms_of(t) for t in tensors_in(args)]
         outs = tree.flatten(outputs)
         channels = [t.shape[-1] if len(t.shape) >= 2 else None for t in outs]
-        result = self._channels_out(layer, ins, channels)
+        if id(layer) in self.shared:
+            result = self._block(ins, channels)
+        else:
+            result = self._channels_out(layer, ins, channels)
         for t, atoms in zip(outs, result):
             self._atoms[id(t)] = atoms
         return outputs

@@ -9,7 +9,6 @@ pruning and after fine-tuning.
 
 import dataclasses
 import json
-import math
 import pathlib
 
 import keras
@@ -21,8 +20,8 @@ from keras_robust_iqa import models as iqa_models
 from keras_robust_iqa.pruning.callback import ChannelPruning
 from keras_robust_iqa.pruning.cost import count_flops, inference_latency, leaf_layers
 from keras_robust_iqa.pruning.graph import ChannelGraph
-from keras_robust_iqa.pruning.schedule import check_fraction, gradual_schedule
-from keras_robust_iqa.pruning.surgery import masked_model, prune_model
+from keras_robust_iqa.pruning.schedule import check_target, gradual_schedule
+from keras_robust_iqa.pruning.surgery import masked_model, prune
 from keras_robust_iqa.training.trainer import (
     TrainConfig,
     compile_model,
@@ -101,12 +100,7 @@ def prune_run(run, out, *, fraction=None, tau=None, prune_epochs=1, finetune_epo
     Returns:
         The report written to `pruning_report.json`.
     """
-    if (fraction is None) == (tau is None):
-        raise ValueError("Give exactly one of --fraction and --tau.")
-    if fraction is not None:
-        fraction = check_fraction(fraction)
-    if tau is not None and not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
-        raise ValueError(f"--tau must be a positive number, got {tau!r}.")
+    fraction, tau = check_target(fraction, tau, prefix="--")
     _check_epochs("prune-epochs", prune_epochs)
     _check_epochs("finetune-epochs", finetune_epochs)
     if learning_rate is not None and not learning_rate > 0:
@@ -153,7 +147,7 @@ def prune_run(run, out, *, fraction=None, tau=None, prune_epochs=1, finetune_epo
     else:
         pruned_groups = graph.select(initial_scores, fraction=fraction, tau=tau)
     final_scores = graph.scores()
-    pruned = prune_model(model, graph, pruned_groups)
+    pruned = prune(model, graph=graph, groups=pruned_groups)
     (out / "pruned").mkdir(exist_ok=True)
     pruned.save(out / "pruned" / "model.keras")
     stages["after_pruning"] = model_facts(pruned, table)

@@ -72,6 +72,21 @@ def check_fraction(fraction):
     return float(fraction)
 
 
+def check_target(fraction, tau, prefix="`"):
+    """Exactly one of `fraction` (in [0, 1)) and `tau` (positive): `(fraction, tau)`, validated.
+
+    `prefix`: how the messages quote the two names (`"--"` for the command line's flags).
+    """
+    quote = lambda name: f"{prefix}{name}`" if prefix == "`" else f"{prefix}{name}"  # noqa: E731
+    if (fraction is None) == (tau is None):
+        raise ValueError(f"Give exactly one of {quote('fraction')} and {quote('tau')}.")
+    if fraction is not None:
+        fraction = check_fraction(fraction)
+    if tau is not None and not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
+        raise ValueError(f"{quote('tau')} must be a positive number, got {tau!r}.")
+    return fraction, tau
+
+
 def gradual_schedule(steps, *, fraction=None, tau=None, prunings=8):
     """A schedule that reaches `fraction` (or `tau`) halfway through `steps` training steps.
 

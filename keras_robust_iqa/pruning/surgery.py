@@ -5,7 +5,7 @@ import numpy as np
 
 from keras_robust_iqa import layers as robust_layers
 from keras_robust_iqa.pruning.channel_mask import ChannelMask
-from keras_robust_iqa.pruning.graph import walk
+from keras_robust_iqa.models.graph import walk
 
 
 def masked_model(model, graph):
@@ -21,6 +21,7 @@ def masked_model(model, graph):
     prunable = set(range(len(graph.groups))) - graph.frozen_groups
 
     def call(layer, args, kwargs):
+        kwargs.pop("mask", None)
         atoms = graph.inputs_of.get(layer.name, ())
         if layer.name in graph.mixing and any(graph.group_of.get(a) in prunable for a in atoms):
             masks[layer.name] = ChannelMask(name=f"{layer.name}_channel_mask")
@@ -54,8 +55,14 @@ def prune_model(model, graph, pruned_groups):
     transform), which fine-tuning recovers. `model` is left unchanged.
     """
     pruned_groups = set(pruned_groups)
+    copies = {}  # id(layer) -> its new layer: a shared layer stays shared
 
     def call(layer, args, kwargs):
+        kwargs.pop("mask", None)
+        if not isinstance(layer, keras.layers.Layer):
+            return layer(*args, **kwargs)  # a keras.ops operation: no weights, no channels to slice
+        if id(layer) in copies:
+            return copies[id(layer)](*args, **kwargs)
         kept_in = kept_out = None
         if layer.name in graph.inputs_of:
             kept_in = graph.kept_positions(graph.inputs_of[layer.name], pruned_groups)
@@ -63,7 +70,7 @@ def prune_model(model, graph, pruned_groups):
         config = layer.get_config()
         if layer.name in graph.mixing:
             config["units" if "units" in config else "filters"] = len(kept_out)
-        new = type(layer).from_config(config)
+        new = copies[id(layer)] = type(layer).from_config(config)
         outputs = new(*args, **kwargs)
         if kept_in is None:
             new.set_weights(layer.get_weights())
@@ -151,3 +158,38 @@ def _copy_ortho(old, new, kept_in, kept_out):
     new.alpha.assign(old.alpha * new.kernel_norm() / old.kernel_norm())
     if old.use_bias:
         new.bias.assign(keras.ops.convert_to_numpy(old.bias)[kept_out])
+
+
+def prune(model, fraction=None, *, tau=None, graph=None, groups=None, strict=True):
+    """The smaller model: `model` without its lowest-scoring channels.
+
+    The mean-weight criterion (`ChannelGraph.scores`) ranks the channels that can go
+    (tied channels go together, as groups); `model` is left unchanged.
+
+    Args:
+        model: any functional or Sequential Keras model (nested models are opened up:
+            the result is one flat functional model).
+        fraction: prune this fraction of the prunable groups of each set of tied
+            layers, the smallest mean weight first.
+        tau: prune every group whose mean weight is below `tau`.
+        graph: the model's `ChannelGraph`, if already built.
+        groups: prune exactly these groups of `graph` (e.g. chosen by a
+            `ChannelPruning` callback) instead of `fraction` / `tau`.
+        strict: with `tau`, raise when a layer would lose every channel;
+            otherwise keep its best group.
+
+    Raises:
+        ValueError: naming the argument, or the layer that would lose every channel.
+    """
+    from keras_robust_iqa.pruning.graph import ChannelGraph
+    from keras_robust_iqa.pruning.schedule import check_target
+
+    if groups is None:
+        fraction, tau = check_target(fraction, tau)
+    elif fraction is not None or tau is not None:
+        raise ValueError("Give `groups` or one of `fraction` and `tau`, not both.")
+    if graph is None:
+        graph = ChannelGraph(model)
+    if groups is None:
+        groups = graph.select(graph.scores(), fraction=fraction, tau=tau, strict=strict)
+    return prune_model(model, graph, groups)

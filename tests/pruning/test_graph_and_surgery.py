@@ -12,7 +12,7 @@ from helpers import singular_values
 
 from keras_robust_iqa import layers as rl
 from keras_robust_iqa.models import lipschitz_bound, robustify, small_iqa_cnn
-from keras_robust_iqa.pruning import ChannelGraph, criterion, masked_model, prune_model, set_masks
+from keras_robust_iqa.pruning import ChannelGraph, criterion, masked_model, prune, prune_model, set_masks
 from keras_robust_iqa.pruning.cost import count_flops, leaf_layers
 from keras_robust_iqa.pruning.surgery import _kernel_inputs
 
@@ -276,9 +276,42 @@ def test_models_with_nothing_to_prune_are_errors(model_fn, message):
         ChannelGraph(model_fn())
 
 
-def test_a_shared_layer_is_an_error():
+def test_a_shared_layer_keeps_its_channels_and_stays_shared():
     x = keras.Input((4,))
     dense = keras.layers.Dense(4, name="shared")
-    model = keras.Model(x, keras.layers.Dense(1)(dense(dense(x))))
-    with pytest.raises(ValueError, match="'shared' is called more than once"):
-        ChannelGraph(model)
+    free = keras.layers.Dense(6, name="free")(x)
+    model = keras.Model(x, keras.layers.Dense(1, name="out")(keras.layers.Concatenate()([free, dense(dense(x))])))
+    graph = ChannelGraph(model)
+    assert graph.shared == {id(dense)}
+    assert "shared" not in graph.producers and graph.prunable_channels == 6  # only 'free' can lose channels
+    pruned = prune_model(model, graph, graph.select(graph.scores(), fraction=0.5))
+    assert pruned.get_layer("free").units == 3 and pruned.get_layer("shared").units == 4
+    assert sum(layer.name == "shared" for layer in pruned.layers) == 1  # one layer, called twice
+    inputs = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")
+    unpruned = prune_model(model, graph, set())
+    np.testing.assert_allclose(np.asarray(unpruned(inputs)), np.asarray(model(inputs)), rtol=1e-5, atol=1e-6)
+    only_shared = keras.Model(x, keras.layers.Dense(1)(dense(dense(x))))
+    with pytest.raises(ValueError, match="no prunable channel"):
+        ChannelGraph(only_shared)
+
+
+def test_prune_returns_the_smaller_model_of_a_model_in_memory(branchy):
+    model, graph = branchy
+    smaller = prune(model, fraction=0.5)
+    assert smaller.count_params() < model.count_params()
+    assert smaller.get_layer("stem").filters < 8
+    x = np.random.default_rng(0).uniform(size=(2, 8, 8, 3)).astype("float32")
+    assert smaller(x).shape == (2, 1)
+    # The same groups as graph.select picks, and model is left unchanged.
+    chosen = graph.select(graph.scores(), fraction=0.5)
+    same = prune(model, graph=graph, groups=chosen)
+    np.testing.assert_allclose(np.asarray(same(x)), np.asarray(smaller(x)), rtol=1e-5, atol=1e-6)
+    assert model.get_layer("stem").filters == 8
+    with pytest.raises(ValueError, match="Give exactly one of `fraction` and `tau`"):
+        prune(model)
+    with pytest.raises(ValueError, match="`tau` must be a positive number, got -1"):
+        prune(model, tau=-1)
+    with pytest.raises(ValueError, match=r"fraction must be in \[0, 1\)"):
+        prune(model, fraction=1.5)
+    with pytest.raises(ValueError, match="not both"):
+        prune(model, fraction=0.5, groups=chosen)
