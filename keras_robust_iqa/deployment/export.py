@@ -10,7 +10,7 @@ Layout under `out`:
     savedmodel/NAME/VERSION/    the SavedModel (signatures below)
     savedmodel/models.config    a TF Serving model config listing every model there
     tflite/NAME.float32.tflite  builtin ops only, input float32 in [0, 1]
-    tflite/NAME.int8.tflite     dynamic-range int8 weights, same input
+    tflite/NAME.int8.tflite     dynamic-range int8 weights, same input (unless int8=False)
     onnx/NAME.onnx              input float32 in [0, 1]
     NAME.export.json / .md      what was written and how each file matched the Keras model
 
@@ -68,7 +68,11 @@ def read_run_facts(run):
 
 
 def serving_function(deploy, patch_size, mos_range):
-    """`images (B, H, W, 3)` float in [0, 1] or uint8 -> `{"mos": (B,)}`, all in the graph."""
+    """`images (B, H, W, 3)` float in [0, 1] or uint8 -> `{"mos": (B,)}`, all in the graph.
+
+    `patch_size=None`: each whole image in one pass of `deploy` (a model that takes any
+    size), its outputs averaged.
+    """
     import tensorflow as tf
 
     from keras_robust_iqa.models.patches import patch_grid
@@ -78,6 +82,9 @@ def serving_function(deploy, patch_size, mos_range):
     def serve(images):
         if images.dtype == tf.uint8:
             images = tf.cast(images, tf.float32) / 255.0
+        if patch_size is None:
+            scores = tf.reshape(deploy(images, training=False), (tf.shape(images)[0], -1))
+            return {"mos": lo + (hi - lo) * tf.reduce_mean(scores, axis=1)}
         grid = patch_grid(images, patch_size)
         patches = tf.reshape(grid, (-1, patch_size, patch_size, 3))
         scores = tf.reshape(deploy(patches, training=False), tf.shape(grid)[:2])
@@ -111,16 +118,28 @@ def export_run(run, out, formats="all", *, version=1, name=None, verbose=True):
                         version=version, verbose=verbose, run=run)
 
 
-def export_model(model, out, formats="all", *, mos_range=(0.0, 1.0), name="model", version=1, verbose=True,
-                 run=None):
+def export_model(model, out, formats="all", *, patch_size=None, whole_images=False, mos_range=(0.0, 1.0),
+                 name="model", version=1, int8=True, verbose=True, run=None):
     """Export a Keras model in memory (patch-scoring, outputs on the [0, 1] MOS scale).
 
+    Writes the same files as `robust-iqa export` (layout in the module docstring), each
+    checked against the Keras model (`score_images`) on two odd-sized random images:
+    a float file that differs by more than `PARITY_ATOL` raises, and nothing is written.
+
     Args:
-        model: the model, base, robust or pruned; it scores square patches.
+        model: any functional or Sequential Keras model, base, robust or pruned; it
+            scores square patches (or, `whole_images=True`, whole images).
         out, formats, version: as in `export_run`.
+        patch_size: the side of the patches the exported files cut images into.
+            Default: the model's own input size; needed for a model that takes any
+            input size (e.g. `BlockOrthoConv2D` layers on `(None, None, 3)`).
+        whole_images: the exported files score each whole image in one pass, no
+            patches (a model that takes any input size).
         mos_range: `(lo, hi)` of the dataset's MOS scale the exported files answer on
             (`table.mos_range`); default: the model's own [0, 1] scale.
         name: the model's name in the layout.
+        int8: with `"tflite"`, also write the dynamic-range int8 file (its
+            scores are reported, not held to `PARITY_ATOL`).
         run: the run folder the model came from, for the report (or None).
     """
     formats = resolve_formats(formats)
@@ -132,16 +151,30 @@ def export_model(model, out, formats="all", *, mos_range=(0.0, 1.0), name="model
     mos_range = (lo, hi)
 
     from keras_robust_iqa.deployment.lowering import deployment_model
+    from keras_robust_iqa.models.graph import check_graph_model
+    from keras_robust_iqa.models.patches import model_patch_size, score_images, takes_any_size
     from keras_robust_iqa.deployment.runtimes import load_runtime
-    from keras_robust_iqa.models.patches import model_patch_size, score_images
 
-    patch_size = model_patch_size(model)
-    deploy = deployment_model(model)
+    check_graph_model(model, "export_model")
+    if whole_images:
+        if patch_size is not None:
+            raise ValueError("Give `patch_size` or `whole_images=True`, not both.")
+        if not takes_any_size(model):
+            raise ValueError(
+                f"whole_images=True needs a model that takes any input size; '{model.name}' takes "
+                f"{tuple(model.inputs[0].shape)}: export patches (whole_images=False)."
+            )
+        patch_size = None
+        probe_side = 32
+    else:
+        patch_size = model_patch_size(model, patch_size)
+        probe_side = patch_size
+    deploy = deployment_model(model, patch_size=probe_side)
     serve = serving_function(deploy, patch_size, mos_range)
 
     # Two odd-sized images: the grid is cropped from the centre of both axes.
-    probe = np.random.default_rng(0).uniform(size=(2, 2 * patch_size + 3, patch_size + 5, 3)).astype("float32")
-    reference = score_images(model, probe)
+    probe = np.random.default_rng(0).uniform(size=(2, 2 * probe_side + 3, probe_side + 5, 3)).astype("float32")
+    reference = score_images(model, probe, patch_size=patch_size, whole_images=whole_images)
 
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -158,7 +191,7 @@ def export_model(model, out, formats="all", *, mos_range=(0.0, 1.0), name="model
         write_savedmodel(deploy, serve, savedmodel)
         written = {"savedmodel": savedmodel} if "savedmodel" in formats else {}
         if "tflite" in formats:
-            for key, quantize in (("tflite", False), ("tflite_int8", True)):
+            for key, quantize in (("tflite", False), ("tflite_int8", True))[: 2 if int8 else 1]:
                 written[key] = staging / targets[key].name
                 written[key].write_bytes(convert_tflite(savedmodel, quantize=quantize))
         if "onnx" in formats:
@@ -189,11 +222,13 @@ def export_model(model, out, formats="all", *, mos_range=(0.0, 1.0), name="model
         "name": name,
         "model": model.name,
         "patch_size": patch_size,
+        "whole_images": bool(whole_images),
         "mos_range": list(mos_range),
         "inputs": {
             "serving_default": "images: float32 (batch, height, width, 3), RGB in [0, 1]",
             "serving_uint8": "images: uint8 (batch, height, width, 3), RGB in [0, 255] (SavedModel only)",
-            "sizes": f"any height, width >= {patch_size}, one size per batch",
+            "sizes": ("any height, width, one size per batch (each image scored whole)" if whole_images
+                      else f"any height, width >= {patch_size}, one size per batch"),
         },
         "outputs": {"mos": f"float32 (batch,), quality on the dataset's scale {list(mos_range)}"},
         "probe": f"{len(probe)} random images {probe.shape[1]}x{probe.shape[2]}",
@@ -261,14 +296,38 @@ def tflite_operators(content):
 
 
 def convert_onnx(serve):
-    """ONNX model (bytes) of the float signature, through tf2onnx."""
+    """ONNX model (bytes) of the float signature, through tf2onnx.
+
+    tf2onnx deep-copies the whole graph, weights included, before each of its ~25
+    optimizer passes so that a failing pass can be skipped; that copying is most of
+    the conversion time of a large model. The passes run in place first, and only if
+    one fails does the conversion run again the careful way.
+    """
     import tensorflow as tf
     import tf2onnx
+    from tf2onnx import constants
 
     spec = (image_spec("float32"),)
-    proto, _ = tf2onnx.convert.from_function(tf.function(serve, input_signature=spec), input_signature=spec,
-                                             opset=ONNX_OPSET)
-    return proto.SerializeToString()
+
+    def convert():
+        proto, _ = tf2onnx.convert.from_function(tf.function(serve, input_signature=spec), input_signature=spec,
+                                                 opset=ONNX_OPSET)
+        return proto.SerializeToString()
+
+    # tf2onnx 1.17 reads any value of the variable as "do not catch" (it compares the
+    # variable's name, not its value, with "TRUE"): unset is the only way back to catching.
+    saved = os.environ.get(constants.ENV_TF2ONNX_CATCH_ERRORS)
+    os.environ[constants.ENV_TF2ONNX_CATCH_ERRORS] = "FALSE"
+    try:
+        return convert()
+    except Exception:  # an optimizer pass failed in place: skip failing passes, copying the graph
+        os.environ.pop(constants.ENV_TF2ONNX_CATCH_ERRORS, None)
+        return convert()
+    finally:
+        if saved is None:
+            os.environ.pop(constants.ENV_TF2ONNX_CATCH_ERRORS, None)
+        else:
+            os.environ[constants.ENV_TF2ONNX_CATCH_ERRORS] = saved
 
 
 def write_models_config(folder):
@@ -291,7 +350,8 @@ def report_markdown(report):
         f"# Export of {report['name']}",
         "",
         (f"Run `{report['run']}`" if report["run"] else "A model in memory")
-        + f" ({report['model']}), patch {report['patch_size']}, "
+        + f" ({report['model']}), "
+        + ("whole images" if report.get("whole_images") else f"patch {report['patch_size']}") + ", "
         f"MOS scale {report['mos_range']}.",
         "",
         "Inputs: " + "; ".join(f"`{k}`: {v}" for k, v in report["inputs"].items()) + ".",

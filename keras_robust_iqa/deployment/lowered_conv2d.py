@@ -198,3 +198,67 @@ class CircularPadding2D(keras.layers.Layer):
         config = super().get_config()
         config.update(kernel_size=self.kernel_size, strides=self.strides)
         return config
+
+
+@keras.saving.register_keras_serializable(package="keras_robust_iqa")
+class GroupedConv2D(keras.layers.Layer):
+    """A frozen grouped 2-D convolution, as one TensorFlow `Conv2D` op.
+
+    Keras runs a grouped convolution on TensorFlow inside an XLA-compiled
+    function, which tf2onnx cannot read (a `StatefulPartitionedCall` node). TensorFlow's
+    own `Conv2D` op takes groups directly (a kernel of `channels / groups` input
+    channels), and so do TFLite's `CONV_2D` and ONNX's `Conv`.
+
+    Args:
+        filters, kernel_size, strides: as in `keras.layers.Conv2D`.
+        padding: `"same"` or `"valid"`.
+        groups: must divide the input channels and `filters`.
+        use_bias: add the bias.
+    """
+
+    def __init__(self, filters, kernel_size, strides=1, padding="same", groups=1, use_bias=True, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.kernel_size = tuple(kernel_size) if isinstance(kernel_size, (tuple, list)) else (kernel_size,) * 2
+        self.strides = tuple(strides) if isinstance(strides, (tuple, list)) else (strides,) * 2
+        if padding not in ("same", "valid"):
+            raise ValueError(f"Argument `padding` must be 'same' or 'valid', got padding={padding!r}.")
+        self.padding = padding
+        self.groups = int(groups)
+        self.use_bias = bool(use_bias)
+        self.trainable = False
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels % self.groups or self.filters % self.groups:
+            raise ValueError(
+                f"Argument `groups`={self.groups} must divide the input channels ({channels}) and "
+                f"`filters`={self.filters}."
+            )
+        self.kernel = self.add_weight(
+            name="kernel", shape=(*self.kernel_size, channels // self.groups, self.filters), trainable=False
+        )
+        self.bias = self.add_weight(name="bias", shape=(self.filters,), trainable=False) if self.use_bias else None
+
+    def call(self, inputs):
+        y = tf.nn.conv2d(inputs, tf.cast(self.kernel, inputs.dtype), self.strides, self.padding.upper())
+        if self.use_bias:
+            y = y + tf.cast(self.bias, inputs.dtype)
+        return y
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, _ = input_shape
+
+        def size(n, k, s):
+            if n is None:
+                return None
+            return -(-n // s) if self.padding == "same" else (n - k) // s + 1
+
+        return (b, size(h, self.kernel_size[0], self.strides[0]), size(w, self.kernel_size[1], self.strides[1]),
+                self.filters)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(filters=self.filters, kernel_size=self.kernel_size, strides=self.strides,
+                      padding=self.padding, groups=self.groups, use_bias=self.use_bias)
+        return config
