@@ -13,12 +13,28 @@ from keras_robust_iqa.models.small_cnn import small_iqa_cnn
 MODEL_NAMES = ("small", *BACKBONES)
 
 
-def build_model(name, patch_size=64, weights=None):
-    """A base IQA model by name: `small`, `resnet50`, `mobilenetv3`, `efficientnetv2b0`."""
+SMALL_WIDTHS = (16, 32, 64, 64)
+SMALL_HEAD_UNITS = 64
+
+
+def build_model(name, patch_size=64, weights=None, width=1.0):
+    """A base IQA model by name: `small`, `resnet50`, `mobilenetv3`, `efficientnetv2b0`.
+
+    `width` multiplies the small model's channels and head units (a capacity lever: a
+    1-Lipschitz network cannot rescale its activations, so it may need more channels);
+    the backbones keep their published widths and accept only 1.
+    """
+    if not (isinstance(width, (int, float)) and width > 0):
+        raise ValueError(f"Argument `width` must be a positive multiplier, got {width!r}.")
     if name == "small":
         if weights is not None:
             raise ValueError("Argument `weights`: the small model has no pretrained weights.")
-        return small_iqa_cnn(patch_size)
+        # Even channel counts: GroupSort pairs channels.
+        widths = tuple(max(2, 2 * round(w * width / 2)) for w in SMALL_WIDTHS)
+        return small_iqa_cnn(patch_size, widths=widths, head_units=max(2, 2 * round(SMALL_HEAD_UNITS * width / 2)))
+    if width != 1:
+        raise ValueError(f"Argument `width`={width!r}: only the small model has a width multiplier; "
+                         f"{name} keeps its published widths (use 1).")
     if name in BACKBONES:
         return backbone_iqa_model(name, patch_size, weights=weights)
     raise ValueError(f"Argument `model` must be one of {MODEL_NAMES}, got {name!r}.")

@@ -24,6 +24,9 @@ def add_parser(subparsers):
                    "for builtin: an optional cache folder")
     p.add_argument("--model", default=d.model, choices=("small", "resnet50", "mobilenetv3", "efficientnetv2b0"),
                    help="base model (default: small, a CNN that trains on a CPU in minutes)")
+    p.add_argument("--width", type=float, default=d.width,
+                   help="multiply the small model's channels and head units by this factor, e.g. 2 for "
+                   f"twice as wide (default: {d.width:g}; the backbones keep their own widths)")
     p.add_argument("--robust", choices=ROBUST_MODES,
                    help="apply RobustBlocks: insert them after the backbone's stages, or replace every "
                    "layer by its 1-Lipschitz counterpart (default: none, the base model)")
@@ -112,7 +115,7 @@ def run(args):
     from keras_robust_iqa.training.trainer import TrainConfig, train
 
     config = TrainConfig(
-        dataset=args.dataset, data_dir=args.data_dir, model=args.model, robust=args.robust,
+        dataset=args.dataset, data_dir=args.data_dir, model=args.model, width=args.width, robust=args.robust,
         robust_conv=args.robust_conv, robust_activation=args.robust_activation, robust_pooling=args.robust_pooling,
         robust_channel_gains=args.robust_channel_gains, weights=args.weights, init_from=args.init_from,
         distill_from=args.distill_from, distill_weight=args.distill_weight, epochs=args.epochs,

@@ -53,6 +53,7 @@ class TrainConfig:
     dataset: str = "builtin"
     data_dir: str | None = None
     model: str = "small"
+    width: float = 1.0  # channel multiplier of the small model
     robust: str | None = None
     # The orthogonal convolution of robust models (models.robustify's `conv`).
     robust_conv: str = "fourier"
@@ -94,6 +95,11 @@ class TrainConfig:
     def validate(self):
         if self.model not in iqa_models.MODEL_NAMES:
             raise ValueError(f"--model must be one of {iqa_models.MODEL_NAMES}, got {self.model!r}.")
+        if not (isinstance(self.width, (int, float)) and self.width > 0):
+            raise ValueError(f"--width must be a positive multiplier, got {self.width!r}.")
+        if self.width != 1 and self.model != "small":
+            raise ValueError(f"--width {self.width} needs --model small (the backbones keep their "
+                             f"published widths), got --model {self.model}.")
         if self.robust not in (None, *ROBUST_MODES):
             raise ValueError(f"--robust must be one of {ROBUST_MODES}, got {self.robust!r}.")
         if self.robust_conv not in ROBUST_CONVOLUTIONS:
@@ -176,7 +182,7 @@ def build(config):
     if config.init_from:
         model = load_run_model(config.init_from)
     else:
-        model = iqa_models.build_model(config.model, config.patch_size, weights=config.weights)
+        model = iqa_models.build_model(config.model, config.patch_size, weights=config.weights, width=config.width)
     if config.robust:
         # validate() allows only the defaults of these three with insert.
         model = iqa_models.robustify(model, mode=config.robust, conv=config.robust_conv,

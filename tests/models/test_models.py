@@ -41,6 +41,20 @@ def test_small_cnn_shapes_and_bad_patch():
         small_iqa_cnn(30)
 
 
+def test_build_model_width_scales_the_small_models_channels():
+    wide = build_model("small", 32, width=2)
+    convs = [l for l in wide.layers if isinstance(l, keras.layers.Conv2D)]
+    assert [c.filters for c in convs] == [32, 64, 128, 128]
+    assert wide.get_layer("fc1").units == 128
+    # Odd products round to even counts, which GroupSort can pair.
+    assert [c.filters for c in build_model("small", 32, width=0.3).layers if isinstance(c, keras.layers.Conv2D)] == [
+        4, 10, 20, 20]
+    with pytest.raises(ValueError, match="width`=2.*resnet50"):
+        build_model("resnet50", 32, width=2)
+    with pytest.raises(ValueError, match="width` must be a positive"):
+        build_model("small", 32, width=0)
+
+
 def test_insert_keeps_backbone_and_adds_residual_blocks():
     base = small_iqa_cnn(32)
     perturb_weights(base, 0.05)

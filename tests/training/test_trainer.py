@@ -439,6 +439,8 @@ def test_ema_run_validates_and_saves_the_averaged_weights(small_builtin, tmp_pat
         ("ema", 1.0, "--ema"),
         ("ema", 0.0, "--ema"),
         ("robust_conv", "cayley", "--robust-conv"),
+        ("width", 0.0, "--width"),
+        ("width", "2", "--width"),
         ("distill_weight", 1.5, "--distill-weight"),
         ("distill_weight", -0.1, "--distill-weight"),
     ],
@@ -449,6 +451,13 @@ def test_bad_config_values_name_the_option(option, value, flag, tmp_path):
         train(config, tmp_path / "run")
     assert repr(value) in str(info.value)
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_width_needs_the_small_model(tmp_path):
+    with pytest.raises(ValueError, match="^--width 2 needs --model small .* --model resnet50"):
+        train(TrainConfig(model="resnet50", width=2), tmp_path / "run")
+    wide = build(TrainConfig(robust="replace", robust_conv="block", width=2, patch_size=32))
+    assert wide.count_params() > 3 * build(TrainConfig(robust="replace", robust_conv="block", patch_size=32)).count_params()
 
 
 @pytest.mark.parametrize("option, value, layer, count", [
