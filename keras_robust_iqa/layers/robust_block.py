@@ -24,10 +24,10 @@ class RobustBlock(keras.layers.Layer):
         filters: output channels (with `residual=True`: equal to the input
             channels and `strides=1`).
         kernel_size, strides, padding: as in `OrthoConv2D`.
-        conv: `"fourier"`, the paper's `OrthoConv2D` (Cayley transform per
-            frequency; a static input size), or `"block"`,
-            `BlockOrthoConv2D` (a compact orthogonal kernel applied as a
-            plain convolution; any input size). Both are exactly orthogonal.
+        conv: `"block"` (the default), `BlockOrthoConv2D` (a compact
+            orthogonal kernel applied as a plain convolution; any input size),
+            or `"fourier"`, the paper's `OrthoConv2D` (Cayley transform per
+            frequency; a static input size). Both are exactly orthogonal.
         group_size: GroupSort group size (2 is MaxMin); must divide `filters`.
         residual: add the convex residual connection.
         residual_init: initial `lam`, in (0, 1).
@@ -42,7 +42,7 @@ class RobustBlock(keras.layers.Layer):
         group_size=2,
         residual=False,
         residual_init=0.5,
-        conv="fourier",
+        conv="block",
         **kwargs,
     ):
         kwargs["dtype"] = float32_dtype_policy(kwargs.get("dtype"))

@@ -82,7 +82,7 @@ _NOT_A_STAGE_END = (
 )
 
 
-def robustify(model, mode="replace", *, conv="fourier", after=None, keep_weights=True, group_size=2,
+def robustify(model, mode="replace", *, conv="block", after=None, keep_weights=True, group_size=2,
               input_offset=-0.5, activation="groupsort", pooling="l2norm", channel_gains=False):
     """Apply RobustBlocks to any functional, Sequential or nested Keras model, with no hand editing.
 
@@ -127,10 +127,11 @@ def robustify(model, mode="replace", *, conv="fourier", after=None, keep_weights
               why and what to do, unless a stand-in drops it (as the gate
               branches are).
         conv: the orthogonal convolution of the RobustBlocks (insert) or of
-            every replaced convolution (replace): `"fourier"`, `OrthoConv2D`
-            (the paper's Cayley transform per frequency, for one static patch
-            size), or `"block"`, `BlockOrthoConv2D` (a compact orthogonal kernel
-            applied as a plain convolution: Conv2D's cost, any input size).
+            every replaced convolution (replace): `"block"` (the default),
+            `BlockOrthoConv2D` (a compact orthogonal kernel applied as a plain
+            convolution: Conv2D's cost, any input size), or `"fourier"`,
+            `OrthoConv2D` (the paper's Cayley transform per frequency, for one
+            static patch size).
             With `"block"`, a `DepthwiseConv2D` becomes a grouped
             `BlockOrthoConv2D` whose groups mix `DEPTHWISE_GROUP_WIDTH` channels
             (a one-channel orthogonal filter could only shift its input); with

@@ -52,6 +52,8 @@ def read_run(run):
         raise FileNotFoundError(f"Run folder {run} holds no config.json (written by `robust-iqa train`).")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     saved = json.loads(config_path.read_text())
+    # Runs saved before `robust_conv` existed built the Fourier layer, today's default is "block".
+    saved.setdefault("robust_conv", "fourier")
     return model, TrainConfig(**{k: v for k, v in saved.items() if k in fields})
 
 

@@ -56,7 +56,7 @@ class TrainConfig:
     width: float = 1.0  # channel multiplier of the small model
     robust: str | None = None
     # The orthogonal convolution of robust models (models.robustify's `conv`).
-    robust_conv: str = "fourier"
+    robust_conv: str = "block"
     # The activation of `replace` models (models.robustify's `activation`).
     robust_activation: str = "groupsort"
     # What stands in for the pooling layers of `replace` models (models.robustify's `pooling`).

@@ -158,7 +158,7 @@ def test_lowered_block_conv_is_a_plain_conv2d_of_the_same_operator(size, cin, co
 
 def test_deployment_model_is_plain_and_frozen(builtin):
     keras.utils.set_random_seed(2)
-    model = models.robustify(models.build_model("small", patch_size=PATCH), "insert")
+    model = models.robustify(models.build_model("small", patch_size=PATCH), "insert", conv="fourier")
     model.get_layer("relu2_robust_block").residual_logit.assign(-0.4)
     deploy = deployment_model(model)
     kinds = {type(layer) for layer in flat_layers(deploy)}
@@ -171,7 +171,7 @@ def test_deployment_model_is_plain_and_frozen(builtin):
 
 
 def test_deployment_model_refuses_a_wrong_lowering(monkeypatch):
-    model = models.robustify(models.build_model("small", patch_size=PATCH), "replace")
+    model = models.robustify(models.build_model("small", patch_size=PATCH), "replace", conv="fourier")
     lower = LoweredOrthoConv2D.from_ortho_conv.__func__
 
     def off_by_a_bit(cls, layer):

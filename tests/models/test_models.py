@@ -165,7 +165,7 @@ def test_replace_with_invertible_pooling_keeps_every_value_and_is_sound(tmp_path
     pools = [l for l in model.layers if isinstance(l, (robust_layers.L2NormPooling2D, robust_layers.InvertibleDownsampling))]
     assert [type(l).__name__ for l in pools] == ["InvertibleDownsampling"] * 3
     # The convolution after each space-to-depth reads 4 times the channels before it.
-    convs = [l for l in model.layers if isinstance(l, robust_layers.OrthoConv2D)]
+    convs = [l for l in model.layers if isinstance(l, robust_layers.BlockOrthoConv2D)]
     assert [c.input_channels for c in convs] == [3, 4 * 16, 4 * 32, 4 * 64]
     x = photo_patches(4)
     # A permutation of the values: the norm of each patch is kept exactly.

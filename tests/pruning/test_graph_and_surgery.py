@@ -204,7 +204,7 @@ def test_channel_gains_are_pruned_with_their_channels():
     np.testing.assert_allclose(np.asarray(prune_model(model, graph, set())(x)), np.asarray(model(x)), rtol=1e-5)
     pruned = prune_model(model, graph, graph.select(graph.scores(), fraction=0.5))
     kept = {l.name: l for l in pruned._flatten_layers() if isinstance(l, rl.ChannelGain)}
-    convs = {l.name: l for l in pruned._flatten_layers() if isinstance(l, rl.OrthoConv2D)}
+    convs = {l.name: l for l in pruned._flatten_layers() if isinstance(l, rl.BlockOrthoConv2D)}
     for i in (1, 2, 3):
         assert kept[f"conv{i}_gain"].gain.shape[0] == convs[f"conv{i}_ortho"].filters < (8, 8, 16)[i - 1]
         # The kept gains are a subset of the old ones, in order.

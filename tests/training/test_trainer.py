@@ -161,7 +161,8 @@ def test_base_run_writes_the_run_folder(base_run, small_builtin):
     run, metrics = base_run
     model = assert_run_folder(run, metrics)
     assert metrics["lipschitz_bound"] is None  # a plain CNN has no certified bound
-    assert not any(isinstance(layer, robust_layers.OrthoConv2D) for layer in all_layers(model))
+    assert not any(isinstance(layer, (robust_layers.OrthoConv2D, robust_layers.BlockOrthoConv2D))
+                   for layer in all_layers(model))
     config = json.loads((run / "config.json").read_text())
     assert config == dataclasses.asdict(tiny(small_builtin, epochs=2)) | {
         "mos_range": [0.0, 100.0], "dataset_name": "builtin", "model_name": "small_iqa_cnn",
@@ -596,7 +597,7 @@ def test_mirrored_strategy_base_and_replace_runs(builtin_cache, tmp_path):
     assert r["eval_replicas"] == 2
     assert r["predict_diff"] < 1e-5 and r["loss_diff"] < 1e-5, r
     model = models["replace"]
-    assert any(isinstance(layer, robust_layers.OrthoConv2D) for layer in all_layers(model))
+    assert any(isinstance(layer, robust_layers.BlockOrthoConv2D) for layer in all_layers(model))  # the default
     bound = result["replace"]["metrics"]["lipschitz_bound"]
     assert isinstance(bound, float) and 0 < bound < math.inf
     assert bound == pytest.approx(lipschitz_bound(model), rel=1e-6)
