@@ -5,6 +5,8 @@ import math
 import pathlib
 
 from keras_robust_iqa.evaluation.evaluate import eps_label
+from keras_robust_iqa.evaluation.frontier import (agg_pyplot, frontier_markdown, model_colours, plot_frontier,
+                                                  split_seed)
 
 _COLUMNS = (
     ("eps", "eps"), ("abs gain", "abs_gain"), ("abs gain (raw)", "abs_gain_raw"), ("rel gain", "rel_gain"), ("R", "robustness_score"),
@@ -15,11 +17,14 @@ _COLUMNS = (
 
 
 def write_report(report, out, details=None):
-    """Write `report.json`, `report.md`, `gain_vs_eps.png` and `clean_vs_attacked.png` into `out`.
+    """Write `report.json`, `report.md`, `gain_vs_eps.png`, `clean_vs_attacked.png` and
+    `frontier.png` into `out`.
 
     Args:
         report: `{"models": {name: entry}}` with entries from `evaluate_model`, and
-            optionally `"labels"`: the labels' own gains (`evaluate_runs(label_gain=True)`).
+            optionally `"labels"`: the labels' own gains (`evaluate_runs(label_gain=True)`),
+            and `"frontier"`: `evaluation.build_frontier(report, ...)`, drawn as
+            `frontier.png` and tabulated in `report.md`.
         out: the folder to write (created if missing).
         details: `{name: {attack key: (clean, attacked)}}` MinMax-scaled
             scores for the scatter plot; without it that plot is skipped.
@@ -35,7 +40,10 @@ def write_report(report, out, details=None):
     plot_gain_vs_eps(report, paths[2])
     if details:
         paths.append(out / "clean_vs_attacked.png")
-        plot_clean_vs_attacked(details, paths[3])
+        plot_clean_vs_attacked(details, paths[-1])
+    if report.get("frontier"):
+        paths.append(out / "frontier.png")
+        plot_frontier(report["frontier"], paths[-1])
     return paths
 
 
@@ -54,7 +62,8 @@ def _cell(key, value, norm="linf"):
 
 
 def markdown_table(report):
-    """One table, a row per model and attack, the clean accuracy in each model's first row."""
+    """One table, a row per model and attack, the clean accuracy in each model's first row; then
+    clean SROCC by distortion type, the labels' own gain and the frontier where the report has them."""
     header = ["model", "attack", *(title for title, _ in _COLUMNS)]
     lines = [
         "# Adversarial robustness report",
@@ -73,7 +82,8 @@ def markdown_table(report):
         for attack, result in entry["attacks"].items():
             cells = [_cell(key, result.get(key), result.get("norm", "linf")) for _, key in _COLUMNS]
             lines.append("| " + " | ".join([name, result.get("attack", attack), *cells]) + " |")
-    return "\n".join(lines + _distortion_table(report) + _label_table(report)) + "\n"
+    frontier = ["", *frontier_markdown(report["frontier"])] if report.get("frontier") else []
+    return "\n".join(lines + _distortion_table(report) + _label_table(report) + frontier) + "\n"
 
 
 def _distortion_table(report):
@@ -120,43 +130,55 @@ def _label_table(report):
     return lines
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_gain_vs_eps(report, path):
-    """Absolute gain against the budget: one line per model and attack, one panel per norm."""
-    plt = _pyplot()
-    norms = sorted({r["norm"] for e in report["models"].values() for r in e["attacks"].values()}) or ["linf"]
-    figure, axes = plt.subplots(1, len(norms), figsize=(6 * len(norms), 4.5), squeeze=False)
-    for axis, norm in zip(axes[0], norms):
+    """Absolute gain (MinMax-scaled) against the budget: one panel per attack, one colour per model.
+
+    A model keeps its colour in every panel; the seeds of one model (names that differ only
+    by a `-sN` / `-seedN` suffix) share it, with a line style each. The legend is outside the
+    panels, so it covers no line.
+    """
+    plt = agg_pyplot()
+    attacks = {}  # attack -> norm, in report order
+    for entry in report["models"].values():
+        for result in entry["attacks"].values():
+            attacks.setdefault(result["attack"], result["norm"])
+    model_of = {name: split_seed(name)[0] for name in report["models"]}
+    colours = model_colours(model_of.values())
+    styles = ("-", "--", ":", "-.")
+    seen, style = {}, {}
+    for name, model in model_of.items():  # the k-th seed of a model gets the k-th line style
+        style[name] = styles[seen.get(model, 0) % len(styles)]
+        seen[model] = seen.get(model, 0) + 1
+    columns = min(3, max(1, len(attacks)))
+    rows = math.ceil(max(1, len(attacks)) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.6 * rows), squeeze=False,
+                                layout="constrained")
+    handles = {}
+    for axis, (attack, norm) in zip(axes.flat, attacks.items()):
+        scale = 255 if norm == "linf" else 1
         for name, entry in report["models"].items():
-            lines = {}
-            for result in entry["attacks"].values():
-                if result["norm"] == norm:
-                    lines.setdefault(result["attack"], []).append((result["eps"], result["abs_gain"]))
-            for attack, points in lines.items():
-                points.sort()
-                scale = 255 if norm == "linf" else 1
-                axis.plot([p[0] * scale for p in points], [p[1] for p in points], marker="o",
-                          label=f"{name}: {attack}")
+            points = sorted((r["eps"], r["abs_gain"]) for r in entry["attacks"].values() if r["attack"] == attack)
+            if not points:
+                continue
+            (line,) = axis.plot([p[0] * scale for p in points], [p[1] for p in points], marker="o", markersize=3,
+                                color=colours[model_of[name]], linestyle=style[name])
+            handles.setdefault(name, line)
+        axis.set_title(attack, fontsize=10)
         axis.set_xlabel("eps (x 1/255, L-inf)" if norm == "linf" else "eps (L2)")
         axis.set_ylabel("absolute gain (MinMax-scaled score)")
         axis.axhline(0, color="gray", linewidth=0.5)
-        axis.legend(fontsize=6)
-    figure.tight_layout()
+    for axis in list(axes.flat)[len(attacks):]:
+        axis.set_visible(False)
+    if handles:
+        figure.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize=7,
+                      ncols=1 + len(handles) // 30)
     figure.savefig(path, dpi=120)
     plt.close(figure)
 
 
 def plot_clean_vs_attacked(details, path):
     """Scaled clean against attacked scores, one panel per model, each attack at its largest budget."""
-    plt = _pyplot()
+    plt = agg_pyplot()
     figure, axes = plt.subplots(1, len(details), figsize=(5 * len(details), 5), squeeze=False)
     for axis, (name, by_key) in zip(axes[0], details.items()):
         largest = {}

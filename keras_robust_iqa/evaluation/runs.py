@@ -6,6 +6,7 @@ import pathlib
 from keras_robust_iqa import attacks as iqa_attacks
 from keras_robust_iqa import data as iqa_data
 from keras_robust_iqa.evaluation.evaluate import LEARNED, attack_key, eps_label, evaluate_model, evenly_spaced
+from keras_robust_iqa.evaluation.frontier import DEFAULT_ATTACK, DEFAULT_EPS, attack_norm, build_frontier
 from keras_robust_iqa.evaluation.label_gain import LABEL_ATTACKS, label_gain
 from keras_robust_iqa.evaluation.report import markdown_table, write_report
 from keras_robust_iqa.training.trainer import load_run_model
@@ -29,7 +30,7 @@ def _positive(value, name):
 
 
 def evaluate_runs(runs, out, *, attacks=None, eps=(4 / 255,), l2_eps=(1.0,), images=None, train_images=64,
-                  transfer_source=None, label_gain=False, batch_size=8, seed=0, verbose=1):
+                  transfer_source=None, label_gain=False, frontier=None, batch_size=8, seed=0, verbose=1):
     """Attack each run's model on its test split; write `report.json`, `report.md` and plots into `out`.
 
     Args:
@@ -43,6 +44,13 @@ def evaluate_runs(runs, out, *, attacks=None, eps=(4 / 255,), l2_eps=(1.0,), ima
         label_gain: also attack the built-in dataset's labels themselves
             (`evaluation.label_gain`) on the same test images, with the attacks
             of `LABEL_ATTACKS` at the same budgets: `report["labels"]`.
+        frontier: `(attack, eps)` of the accuracy-robustness frontier
+            (`evaluation.build_frontier`: each model's test SROCC from its run's
+            `metrics.json` against its gain, seeds grouped, the gain-to-labels
+            ratio): `report["frontier"]`, a table in `report.md` and
+            `frontier.png`. That attack and budget must be among those evaluated.
+            Default (None): I-FGSM at 4/255 when it is evaluated, else no
+            frontier; False: no frontier.
         Others as in `evaluate_model`.
 
     Returns:
@@ -62,6 +70,7 @@ def evaluate_runs(runs, out, *, attacks=None, eps=(4 / 255,), l2_eps=(1.0,), ima
         raise ValueError(f"Unknown attack(s) {unknown}; choose from {sorted(iqa_attacks.ATTACKS)}.")
     if "transfer" in attacks and not has_source:
         raise ValueError("The transfer attack needs a second --run or --transfer-source.")
+    frontier = _frontier_budget(frontier, attacks, eps, l2_eps)
     configs = {run: read_run_config(run) for run in runs}
     builtin_dirs = [config.get("data_dir") for config in configs.values() if config["dataset"] == "builtin"]
     if label_gain and not builtin_dirs:
@@ -86,10 +95,40 @@ def evaluate_runs(runs, out, *, attacks=None, eps=(4 / 255,), l2_eps=(1.0,), ima
         report["models"][names[run]] = {"run": run, **entry}
     if label_gain:
         report["labels"] = _label_gains(builtin_dirs[0], attacks, eps, l2_eps, images, batch_size, verbose)
+    if frontier is not None:
+        test_srocc = {names[run]: _test_srocc(run) for run in runs}
+        report["frontier"] = build_frontier(report, *frontier, test_srocc=test_srocc)
     write_report(report, out, details)
     if verbose:
         print(markdown_table(report))
     return report
+
+
+def _frontier_budget(frontier, attacks, eps, l2_eps):
+    """The `(attack, eps)` of the frontier, or None; an asked-for one that is not evaluated is refused."""
+    if frontier is False:
+        return None
+    asked = frontier is not None
+    attack, budget = (DEFAULT_ATTACK, None) if frontier is None else frontier
+    norm = attack_norm(attack)
+    budget = DEFAULT_EPS[norm] if budget is None else float(budget)
+    budgets = l2_eps if norm == "l2" else eps
+    if attack in attacks and any(abs(budget - value) < 1e-9 for value in budgets):
+        return attack, budget
+    if asked:
+        raise ValueError(
+            f"The frontier's attack {attack} at {eps_label(budget, norm)} is not evaluated: the attacks are "
+            f"{', '.join(attacks)} and the {'--l2-eps' if norm == 'l2' else '--eps'} budgets "
+            f"{', '.join(eps_label(value, norm) for value in budgets)}.")
+    return None
+
+
+def _test_srocc(run):
+    """The run's `metrics.json` test SROCC, or None where the folder has none."""
+    try:
+        return float(json.loads((pathlib.Path(run) / "metrics.json").read_text())["test"]["srocc"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _label_gains(data_dir, attacks, eps, l2_eps, images, batch_size, verbose):

@@ -51,6 +51,10 @@ def test_evaluate_command_writes_the_report(runs, tmp_path, capsys):
     for result in replace["attacks"].values():
         assert result["within_certified_bound"] is True
         assert result["abs_gain"] <= result["certified_bound"] * (1 + 1e-5)
+        # The same bound on the scale of abs_gain_raw (the model's output units).
+        assert result["certified_bound_raw"] / result["certified_bound"] == pytest.approx(
+            result["abs_gain_raw"] / result["abs_gain"])
+    assert base["attacks"]["fgsm@4/255"]["certified_bound_raw"] is None
     # Twice the budget, twice the certified bound.
     assert replace["attacks"]["fgsm@4/255"]["certified_bound"] == pytest.approx(
         2 * replace["attacks"]["fgsm@2/255"]["certified_bound"])
@@ -148,3 +152,36 @@ def test_label_table_gives_ratios_only_where_the_labels_rose():
     table = evaluation.markdown_table(report)
     assert "| fgsm | 4/255 | 0.05 | 0.1 (2x) |" in table
     assert "| fgsm | 8/255 | -0.01 | 0.2 |" in table  # one FGSM step overshot: no ratio to a fall
+
+
+def test_evaluate_command_writes_the_frontier(runs, tmp_path):
+    """Two seeds of one model (one with a metrics.json): the frontier at I-FGSM 4/255 by default,
+    the seeds grouped (the frontier's math and plots: test_frontier.py)."""
+    seeds = []
+    for seed, srocc in ((0, 0.5), (1, None)):
+        folder = tmp_path / f"base-s{seed}"
+        shutil.copytree(runs[0], folder)
+        if srocc is not None:
+            (folder / "metrics.json").write_text(json.dumps({"test": {"srocc": srocc}}))
+        seeds.append(str(folder))
+    out = tmp_path / "report"
+    assert cli.main(["evaluate", *(arg for s in seeds for arg in ("--run", s)), "--attacks", "ifgsm",
+                     "--eps", "4/255", "--images", "2", "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert set(report) == {"models", "frontier"}
+    frontier = report["frontier"]
+    assert frontier["key"] == "ifgsm@4/255" and frontier["label_gain"] is None
+    assert list(frontier["groups"]) == ["base"]
+    base = frontier["groups"]["base"]
+    assert base["n"] == 2 and base["seeds"] == [0, 1] and base["srocc_of"] == "mixed"
+    assert frontier["models"]["base-s0"]["srocc"] == 0.5  # its run's test SROCC
+    assert frontier["models"]["base-s1"]["srocc"] == report["models"]["base-s1"]["clean"]["srocc"]
+    gains = [report["models"][name]["attacks"]["ifgsm@4/255"]["abs_gain_raw"] for name in ("base-s0", "base-s1")]
+    assert base["gain_mean"] == pytest.approx(np.mean(gains)) and base["gain_to_labels_mean"] is None
+    assert "## Accuracy-robustness frontier: ifgsm at 4/255" in (out / "report.md").read_text()
+    assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # --no-frontier: none.
+    assert cli.main(["evaluate", "--run", seeds[0], "--attacks", "ifgsm", "--eps", "4/255", "--images", "2",
+                     "--no-frontier", "--out", str(tmp_path / "plain")]) == 0
+    assert "frontier" not in json.loads((tmp_path / "plain" / "report.json").read_text())
+    assert not (tmp_path / "plain" / "frontier.png").exists()
