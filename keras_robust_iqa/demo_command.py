@@ -25,6 +25,9 @@ def add_parser(subparsers):
     p.add_argument("--epochs", type=int, help=f"epochs of the base model and the baselines (default: {d.epochs})")
     p.add_argument("--robust-epochs", type=int,
                    help=f"epochs of the insert and replace models (default: {d.robust_epochs})")
+    p.add_argument("--replace-width", type=float,
+                   help="channel multiplier of the replace model, for the small model only (default: "
+                   f"{d.replace_width:g}: twice the base's channels; backbones keep their widths)")
     p.add_argument("--patches-per-image", type=int,
                    help=f"random training patches per image and epoch (default: {d.patches_per_image})")
     p.add_argument("--finetune-epochs", type=int,
@@ -49,6 +52,10 @@ def run(args):
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}.")
     overrides = {k: v for k, v in given.items() if v is not None}
+    if args.replace_width is not None:
+        if not args.replace_width > 0:
+            raise ValueError(f"--replace-width must be a positive multiplier, got {args.replace_width}.")
+        overrides["replace_width"] = args.replace_width
     if args.attacks:
         overrides["attacks"] = demo.parse_attacks(args.attacks)
     overrides |= {"dataset": args.dataset, "data_dir": args.data_dir, "model": args.model, "seed": args.seed,

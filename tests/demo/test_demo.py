@@ -20,6 +20,9 @@ def test_training_runs_cover_the_pipeline():
     assert runs["replace"].robust == "replace" and runs["replace"].init_from is None
     assert (runs["nt"].defense, runs["adversarial"].defense) == ("nt", "adversarial")
     assert runs["base"].epochs == 3 and runs["replace"].epochs == 5
+    replace = runs["replace"]
+    assert (replace.robust_conv, replace.robust_activation, replace.loss, replace.width) == ("block", "relu", "mse", 2.0)
+    assert all(config.width == 1 for name, config in runs.items() if name != "replace")
     for config in runs.values():
         config.validate()
 
@@ -40,10 +43,46 @@ def test_summary_table_reads_the_attack_at_its_budget():
     assert row == "| labels (MS-SSIM against the pristine crop) | - | - | - | - | 0.0625 | - | - |"
 
 
+def _model(srocc, gain=None, within=None, over=None):
+    attacks = {} if gain is None else {"ifgsm@4/255": {"attack": "ifgsm", "eps": 4 / 255, "abs_gain_raw": gain,
+                                                       "within_certified_bound": within, "max_gain_over_bound": over}}
+    return {"test": {"srocc": srocc}, "attacks": attacks}
+
+
+def test_floor_checks_say_what_was_measured_and_whether_it_holds():
+    report = {"models": {"base": _model(0.8, 0.3), "replace": _model(0.76, 0.05, True, 0.25),
+                         "replace-pruned": _model(0.7, 0.06, True, 0.5)}}
+    srocc, gain, bound = demo.floor_checks(report)
+    assert srocc["measured"] == pytest.approx(0.95) and srocc["met"] is True
+    assert gain["measured"] == pytest.approx(6.0) and gain["met"] is True
+    assert bound["measured"] == 0.5 and bound["met"] is True and bound["values"]["rows"] == 2
+    text = demo.checks_text([srocc, gain, bound])
+    assert "`replace` test SROCC 0.760 is 0.95x the base's 0.800 (floor: 0.9x): **met**" in text
+    assert "ifgsm 4/255 gain: base 0.3, `replace` 0.05, 6x lower (floor: 3x): **met**" in text
+
+    # Below a floor, and an image outside its bound, are said so.
+    report["models"]["replace"] = _model(0.6, 0.2, False, 1.5)
+    srocc, gain, bound = demo.floor_checks(report)
+    assert (srocc["met"], gain["met"], bound["met"]) == (False, False, False)
+    assert bound["values"]["outside"] == ["replace ifgsm@4/255"]
+    assert demo.checks_text([bound]).endswith("outside: replace ifgsm@4/255: **not met**")
+
+    # An attack the demo did not run is not measured rather than passed.
+    report["models"] = {"base": _model(0.8), "replace": _model(0.76)}
+    srocc, gain, bound = demo.floor_checks(report)
+    assert gain["met"] is None and bound["met"] is None
+    assert demo.checks_text([gain]).endswith(": not measured")
+
+
 @pytest.mark.parametrize("flag", ["--epochs", "--robust-epochs", "--eval-images", "--finetune-epochs"])
 def test_bad_flags_are_named(flag, capsys, tmp_path):
     assert cli.main(["demo", "--out", str(tmp_path), flag, "0"]) == 2
     assert f"{flag} must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_replace_width_must_be_positive(capsys, tmp_path):
+    assert cli.main(["demo", "--out", str(tmp_path), "--replace-width", "0"]) == 2
+    assert "--replace-width must be a positive multiplier, got 0.0" in capsys.readouterr().err
 
 
 def test_attacks_flag_takes_names_or_all_and_refuses_unknown_names():
@@ -59,6 +98,8 @@ def test_scale_flags_reach_every_training_run():
     settings = demo.DemoSettings(model="resnet50", weights="imagenet", patch_size=224)
     for config in demo.training_runs(settings).values():
         assert (config.model, config.weights, config.patch_size) == ("resnet50", "imagenet", 224)
+        assert config.width == 1  # the backbones keep their published widths
+        config.validate()
 
 
 def _tiny_csv_dataset(folder):
@@ -123,6 +164,9 @@ def test_demo_runs_every_stage_resumes_after_an_interruption_and_reports_what_it
         assert set(entry["attacks"]) == {f"{a}@{e}/255" for a in ("fgsm", "transfer") for e in (2, 4, 8)}
     assert report["models"]["replace"]["lipschitz_bound"] > 0 and report["models"]["base"]["lipschitz_bound"] is None
     assert report["models"]["replace-pruned"]["params"] < report["models"]["replace"]["params"]
+    assert report["models"]["replace"]["conv"] == "block"
+    assert [c["met"] for c in report["checks"]][1] is None  # I-FGSM did not run
+    assert "## Checks" in (out / "report.md").read_text()
     for row in ("| base |", "| replace-pruned |"):
         assert row in (out / "report.md").read_text()
     assert report["labels"] is None  # a CSV set's labels are data, not a function to attack
