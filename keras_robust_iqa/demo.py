@@ -29,7 +29,7 @@ ROBUST_LR = 1e-4  # the insert model starts from the trained base: fine-tune gen
 # The replace model's recipe: MSE ties its score's scale to MOS (a scale-free loss such as
 # PLCC lets the scale, and with it the gain, grow), and ReLU exports as fast as the base.
 REPLACE_RECIPE = dict(robust_activation="relu", loss="mse", learning_rate=3e-3)
-EVAL_EPS = (2 / 255, 4 / 255, 8 / 255)
+EVAL_EPS = (4 / 255, 8 / 255)
 UAP_TRAIN_IMAGES = 32  # training images the UAP learns on (evaluate's default: 64)
 
 
@@ -50,7 +50,7 @@ class DemoSettings:
     replace_width: float = 2.0
     patches_per_image: int = 4
     prune_fraction: float = 0.3
-    finetune_epochs: int = 3
+    finetune_epochs: int = 2
     attacks: tuple = ("fgsm", "ifgsm", "uap", "transfer")
     eval_images: int = 12
     seed: int = 0
@@ -82,13 +82,19 @@ def training_runs(settings):
                   patches_per_image=settings.patches_per_image, seed=settings.seed)
     plain = dict(common, epochs=settings.epochs, patience=settings.epochs)
     robust = dict(common, epochs=settings.robust_epochs, patience=settings.robust_epochs)
+    # insert fine-tunes the trained base: a third of the robust epochs.
+    insert_epochs = max(1, settings.robust_epochs // 3)
+    # A defended step costs about two plain ones (NT's second pass, adversarial training's
+    # FGSM step): half the epochs is about the base's training time.
+    defended = dict(plain, epochs=max(1, settings.epochs // 2), patience=max(1, settings.epochs // 2))
     return {
         "base": TrainConfig(**plain),
-        "insert": TrainConfig(**dict(robust, robust="insert", init_from="base", learning_rate=ROBUST_LR)),
+        "insert": TrainConfig(**dict(robust, robust="insert", init_from="base", learning_rate=ROBUST_LR,
+                                     epochs=insert_epochs, patience=insert_epochs)),
         "replace": TrainConfig(**dict(robust, robust="replace", **REPLACE_RECIPE,
                                       width=settings.replace_width if settings.model == "small" else 1.0)),
-        "nt": TrainConfig(**dict(plain, defense="nt")),
-        "adversarial": TrainConfig(**dict(plain, defense="adversarial")),
+        "nt": TrainConfig(**dict(defended, defense="nt")),
+        "adversarial": TrainConfig(**dict(defended, defense="adversarial")),
     }
 
 

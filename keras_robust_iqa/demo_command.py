@@ -22,9 +22,11 @@ def add_parser(subparsers):
                    help=f"base model (default: {d.model}); the backbones want a GPU")
     p.add_argument("--weights", help="starting weights of a backbone: imagenet or a .weights.h5 file (default: none)")
     p.add_argument("--patch-size", type=int, help=f"side of the square patches the models score (default: {d.patch_size})")
-    p.add_argument("--epochs", type=int, help=f"epochs of the base model and the baselines (default: {d.epochs})")
+    p.add_argument("--epochs", type=int, help=f"epochs of the base model; the NT and adversarial baselines get half, about the "
+                   f"same training time (default: {d.epochs})")
     p.add_argument("--robust-epochs", type=int,
-                   help=f"epochs of the insert and replace models (default: {d.robust_epochs})")
+                   help=f"epochs of the replace model; insert, fine-tuned from the base, gets a third "
+                   f"(default: {d.robust_epochs})")
     p.add_argument("--replace-width", type=float,
                    help="channel multiplier of the replace model, for the small model only (default: "
                    f"{d.replace_width:g}: twice the base's channels; backbones keep their widths)")

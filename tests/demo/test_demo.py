@@ -20,6 +20,11 @@ def test_training_runs_cover_the_pipeline():
     assert runs["replace"].robust == "replace" and runs["replace"].init_from is None
     assert (runs["nt"].defense, runs["adversarial"].defense) == ("nt", "adversarial")
     assert runs["base"].epochs == 3 and runs["replace"].epochs == 5
+    assert runs["insert"].epochs == 1 and runs["nt"].epochs == runs["adversarial"].epochs == 1
+    runs = demo.training_runs(demo.DemoSettings())
+    assert [runs[name].epochs for name in runs] == [12, 4, 12, 6, 6]
+    assert all(config.patience == config.epochs for config in runs.values())  # no early stop
+    runs = demo.training_runs(demo.DemoSettings(epochs=3, robust_epochs=5))
     replace = runs["replace"]
     assert (replace.robust_conv, replace.robust_activation, replace.loss, replace.width) == ("block", "relu", "mse", 2.0)
     assert all(config.width == 1 for name, config in runs.items() if name != "replace")
@@ -161,7 +166,7 @@ def test_demo_runs_every_stage_resumes_after_an_interruption_and_reports_what_it
         metrics = json.loads((out / name / "metrics.json").read_text())
         assert entry["test"] == metrics["test"] and entry["params"] == metrics["params"]
         assert entry["attacks"] == evaluated[name]["attacks"]
-        assert set(entry["attacks"]) == {f"{a}@{e}/255" for a in ("fgsm", "transfer") for e in (2, 4, 8)}
+        assert set(entry["attacks"]) == {f"{a}@{e}/255" for a in ("fgsm", "transfer") for e in (4, 8)}
     assert report["models"]["replace"]["lipschitz_bound"] > 0 and report["models"]["base"]["lipschitz_bound"] is None
     assert report["models"]["replace-pruned"]["params"] < report["models"]["replace"]["params"]
     assert report["models"]["replace"]["conv"] == "block"
