@@ -103,7 +103,7 @@ def test_every_option_reaches_the_config(monkeypatch, capsys, tmp_path):
 
     monkeypatch.setattr(trainer, "train", fake_train)
     expected = TrainConfig(
-        dataset="csv", data_dir="data/mine", model="resnet50", robust="insert",
+        dataset="csv", data_dir="data/mine", model="resnet50", width=2.0, robust="insert",
         robust_conv=next(c for c in ROBUST_CONVOLUTIONS if c != TrainConfig.robust_conv), robust_activation="relu",
         robust_pooling="invertible", robust_channel_gains=True,
         weights="imagenet", init_from="runs/base", distill_from="runs/teacher", distill_weight=0.25,
