@@ -420,6 +420,6 @@ def report_markdown(report):
         "",
         markdown_table(evaluation).replace("# Adversarial robustness report", "## Every attack"),
         "",
-        "Plots: `gain_vs_eps.png`, `clean_vs_attacked.png`.",
+        "Plots: `gain_vs_eps.png`, `clean_vs_attacked.png` and, when I-FGSM at 4/255 ran, `frontier.png`.",
         "",
     ])
