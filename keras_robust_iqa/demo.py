@@ -283,13 +283,6 @@ def build_report(out, settings, model_runs, timings):
     return report
 
 
-def _attack_row(attacks, name, eps):
-    for key, entry in attacks.items():
-        if key.split("@")[0] == name and abs(entry.get("eps", -1) - eps) < 1e-9:
-            return entry
-    return None
-
-
 def summary_table(report, attack="ifgsm", eps=4 / 255):
     """One line per model: accuracy, certificate and what `attack` at `eps` achieved.
 
@@ -298,6 +291,8 @@ def summary_table(report, attack="ifgsm", eps=4 / 255):
     benchmark's score, in which the certified bound is given). Where the report has the
     labels' own gain (built-in dataset), a last line gives it on the MOS scale.
     """
+    from keras_robust_iqa.evaluation.frontier import find_result
+
     label = f"{attack} {round(eps * 255)}/255"
     lines = [
         f"| model | params | test SROCC | test PLCC | Lipschitz bound | {label} gain (MOS 0..1) "
@@ -305,13 +300,13 @@ def summary_table(report, attack="ifgsm", eps=4 / 255):
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, m in report["models"].items():
-        row = _attack_row(m["attacks"], attack, eps) or {}
+        row = find_result(m["attacks"], attack, eps) or {}
         lines.append(
             f"| {name} | {m['params']:,} | {m['test']['srocc']:.3f} | {m['test']['plcc']:.3f} "
             f"| {_fmt(m['lipschitz_bound'])} | {_fmt(row.get('abs_gain_raw'))} | {_fmt(row.get('abs_gain'))} "
             f"| {_fmt(row.get('certified_bound'))} |"
         )
-    labels = _attack_row(report.get("labels") or {}, attack, eps)
+    labels = find_result(report.get("labels") or {}, attack, eps)
     if labels is not None:
         lines.append(f"| labels (MS-SSIM against the pristine crop) | - | - | - | - | {_fmt(labels['abs_gain_raw'])} "
                      f"| - | - |")
@@ -334,13 +329,15 @@ def floor_checks(report, attack="ifgsm", eps=4 / 255):
     Returns a list of `{"check", "measured", "floor", "met"}`; `met` is None where the
     report lacks what a check needs (the attack was not run, or no model is certified).
     """
+    from keras_robust_iqa.evaluation.frontier import find_result
+
     models = report["models"]
     base, robust = models["base"], models["replace"]
     ratio = robust["test"]["srocc"] / base["test"]["srocc"] if base["test"]["srocc"] > 0 else None
     checks = [{"check": "replace test SROCC / base test SROCC", "measured": ratio, "floor": SROCC_FLOOR,
                "met": None if ratio is None else bool(ratio >= SROCC_FLOOR),
                "values": {"replace": robust["test"]["srocc"], "base": base["test"]["srocc"]}}]
-    rows = [_attack_row(m["attacks"], attack, eps) for m in (base, robust)]
+    rows = [find_result(m["attacks"], attack, eps) for m in (base, robust)]
     gains = [None if row is None else row.get("abs_gain_raw") for row in rows]
     ratio = gains[0] / gains[1] if None not in gains and gains[1] > 0 else None
     label = f"{attack} {round(eps * 255)}/255"

@@ -31,6 +31,11 @@ def evenly_spaced(total, count):
     return np.unique(np.linspace(0, total - 1, count).round().astype(int))
 
 
+def attack_norm(attack):
+    """`"l2"` for the whole-image L2 attacks, else `"linf"`."""
+    return "l2" if attack in iqa_attacks.L2_ATTACKS else "linf"
+
+
 def attack_key(name, eps, norm="linf"):
     return f"{name}@{eps_label(eps, norm)}"
 
@@ -87,7 +92,7 @@ def evaluate_model(model, images, mos, *, attacks=None, eps=(4 / 255,), l2_eps=(
     options = {"batch_size": batch_size, "verbose": verbose}
     for name in attacks:
         attack = iqa_attacks.ATTACKS[name]
-        norm = "l2" if name in iqa_attacks.L2_ATTACKS else "linf"
+        norm = attack_norm(name)
         settings = dict(options)
         if name == "transfer":
             settings["source"] = transfer_source

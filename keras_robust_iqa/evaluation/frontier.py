@@ -18,8 +18,7 @@ import re
 
 import numpy as np
 
-from keras_robust_iqa.attacks import L2_ATTACKS
-from keras_robust_iqa.evaluation.evaluate import attack_key, eps_label
+from keras_robust_iqa.evaluation.evaluate import attack_key, attack_norm, eps_label
 
 DEFAULT_ATTACK = "ifgsm"
 DEFAULT_EPS = {"linf": 4 / 255, "l2": 1.0}
@@ -29,11 +28,6 @@ SROCC_OF_TEST = "test split"
 SROCC_OF_ATTACKED = "attacked images"
 # Budgets that differ by less than this are the same budget (floats parsed from "4/255").
 _EPS_TOLERANCE = 1e-9
-
-
-def attack_norm(attack):
-    """`"l2"` for the whole-image L2 attacks, else `"linf"`."""
-    return "l2" if attack in L2_ATTACKS else "linf"
 
 
 def split_seed(name):

@@ -5,8 +5,8 @@ import pathlib
 
 from keras_robust_iqa import attacks as iqa_attacks
 from keras_robust_iqa import data as iqa_data
-from keras_robust_iqa.evaluation.evaluate import LEARNED, attack_key, eps_label, evaluate_model, evenly_spaced
-from keras_robust_iqa.evaluation.frontier import DEFAULT_ATTACK, DEFAULT_EPS, attack_norm, build_frontier
+from keras_robust_iqa.evaluation.evaluate import LEARNED, attack_key, attack_norm, eps_label, evaluate_model, evenly_spaced
+from keras_robust_iqa.evaluation.frontier import DEFAULT_ATTACK, DEFAULT_EPS, build_frontier
 from keras_robust_iqa.evaluation.label_gain import LABEL_ATTACKS, label_gain
 from keras_robust_iqa.evaluation.report import markdown_table, write_report
 from keras_robust_iqa.training.trainer import load_run_model
@@ -136,7 +136,7 @@ def _label_gains(data_dir, attacks, eps, l2_eps, images, batch_size, verbose):
     table = iqa_data.load_table("builtin", data_dir)
     results = {}
     for name in [name for name in attacks if name in LABEL_ATTACKS]:
-        norm = "l2" if name in iqa_attacks.L2_ATTACKS else "linf"
+        norm = attack_norm(name)
         for budget in sorted(l2_eps if norm == "l2" else eps):
             if verbose:
                 print(f"labels: {name} at eps {eps_label(budget, norm)}")
