@@ -30,6 +30,11 @@ SROCC_OF_ATTACKED = "attacked images"
 _EPS_TOLERANCE = 1e-9
 
 
+def same_budget(a, b):
+    """Whether two attack budgets are the same one (floats parsed from "4/255" differ in the last bits)."""
+    return abs(float(a) - float(b)) < _EPS_TOLERANCE
+
+
 def split_seed(name):
     """`(model, seed)` of a run name: `("replace", 1)` for `replace-s1` or `replace-seed1`,
     `(name, None)` for a name without a seed suffix."""
@@ -42,7 +47,7 @@ def split_seed(name):
 def find_result(results, attack, eps):
     """The entry of `results` (`{key: {"attack", "eps", ...}}`) for `attack` at `eps`, or None."""
     for result in (results or {}).values():
-        if result.get("attack") == attack and abs(float(result.get("eps", math.nan)) - eps) < _EPS_TOLERANCE:
+        if result.get("attack") == attack and same_budget(result.get("eps", math.nan), eps):
             return result
     return None
 

@@ -6,7 +6,7 @@ import pathlib
 from keras_robust_iqa import attacks as iqa_attacks
 from keras_robust_iqa import data as iqa_data
 from keras_robust_iqa.evaluation.evaluate import LEARNED, attack_key, attack_norm, eps_label, evaluate_model, evenly_spaced
-from keras_robust_iqa.evaluation.frontier import DEFAULT_ATTACK, DEFAULT_EPS, build_frontier
+from keras_robust_iqa.evaluation.frontier import DEFAULT_ATTACK, DEFAULT_EPS, build_frontier, same_budget
 from keras_robust_iqa.evaluation.label_gain import LABEL_ATTACKS, label_gain
 from keras_robust_iqa.evaluation.report import markdown_table, write_report
 from keras_robust_iqa.training.trainer import load_run_model
@@ -113,7 +113,7 @@ def _frontier_budget(frontier, attacks, eps, l2_eps):
     norm = attack_norm(attack)
     budget = DEFAULT_EPS[norm] if budget is None else float(budget)
     budgets = l2_eps if norm == "l2" else eps
-    if attack in attacks and any(abs(budget - value) < 1e-9 for value in budgets):
+    if attack in attacks and any(same_budget(budget, value) for value in budgets):
         return attack, budget
     if asked:
         raise ValueError(
