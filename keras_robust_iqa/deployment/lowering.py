@@ -4,9 +4,10 @@ Every orthogonal layer becomes a plain equivalent with its current weights
 frozen: `OrthoConv2D` a `LoweredOrthoConv2D` (real DFT matrix products),
 `BlockOrthoConv2D` a plain `Conv2D` holding its merged kernel (a
 `GroupedConv2D` when grouped; after a `CircularPadding2D` for circular padding), `OrthoDense` a `Dense` holding
-its orthogonal matrix, `RobustBlock` the same three steps spelled out, and a
-fixed `Normalization` the `Rescaling` it computes (its constants frozen into
-the graph, which ONNX needs). No Cayley transform, no FFT, no complex tensor and no
+its orthogonal matrix, `RobustBlock` the same three steps spelled out, `MaxMin`
+(`GroupSort` of pairs) a `LoweredMaxMin` (1x1 convolutions and a ReLU, which
+TFLite runs faster than a compare-and-swap), and a fixed `Normalization` the
+`Rescaling` it computes (its constants frozen into the graph, which ONNX needs). No Cayley transform, no FFT, no complex tensor and no
 inference cache is left, so every export format (SavedModel, TFLite, ONNX)
 starts from the same graph of ordinary ops. All other layers are shared with
 the original model, weights included.
@@ -18,6 +19,7 @@ import tensorflow as tf
 
 from keras_robust_iqa import layers as robust_layers
 from keras_robust_iqa.deployment.lowered_conv2d import CircularPadding2D, GroupedConv2D, LoweredOrthoConv2D
+from keras_robust_iqa.deployment.lowered_max_min import LoweredMaxMin
 from keras_robust_iqa.models.patches import model_patch_size
 from keras_robust_iqa.models.graph import flat_layers
 
@@ -68,6 +70,8 @@ def _lowered(layer):
         return _dense(layer)
     if isinstance(layer, robust_layers.RobustBlock):
         return _robust_block(layer)
+    if isinstance(layer, robust_layers.GroupSort):
+        return _activation(layer.group_size, layer.axis, layer.name) or layer
     if isinstance(layer, keras.layers.Normalization) and not layer.invert:
         return _normalization(layer)
     # Everything else is already made of ordinary ops: share it, weights and all.
@@ -102,6 +106,11 @@ def _plain_conv(layer):
     return keras.Sequential([pad, conv], name=layer.name)
 
 
+def _activation(group_size, axis, name):
+    """A `LoweredMaxMin` for a GroupSort of pairs along the last axis, else None (kept as it is)."""
+    return LoweredMaxMin(name=name) if group_size == 2 and axis == -1 else None
+
+
 def _normalization(layer):
     """A fixed `Normalization` as the `Rescaling` it computes, `x / std - mean / std`.
 
@@ -132,7 +141,9 @@ def _robust_block(block):
     """`GroupSort(conv(x) + b)`, with the convex residual as a `ConvexCombination`."""
     conv = _lowered_conv(block.conv)
     inputs = keras.Input(getattr(conv, "input_size", (None, None, block.conv.input_channels)))
-    y = robust_layers.GroupSort(block.activation.group_size, name="groupsort")(conv(inputs))
+    group_size = block.activation.group_size
+    activation = _activation(group_size, -1, "groupsort") or robust_layers.GroupSort(group_size, name="groupsort")
+    y = activation(conv(inputs))
     if block.residual:
         # softmax([t, 0]) = [sigmoid(t), 1 - sigmoid(t)]: the block's own lambda.
         mix = robust_layers.ConvexCombination(name="residual", trainable=False)

@@ -16,11 +16,12 @@ from ai_edge_litert.interpreter import Interpreter
 
 from keras_robust_iqa import cli, data, deployment, models
 from keras_robust_iqa.deployment import LoweredOrthoConv2D, deployment_model
+from keras_robust_iqa.deployment.lowered_max_min import LoweredMaxMin
 from keras_robust_iqa.deployment.lowered_conv2d import CircularPadding2D
 from keras_robust_iqa.deployment import export as export_module
 from keras_robust_iqa.deployment.export import export_run, tflite_operators
 from keras_robust_iqa.deployment.runtimes import load_runtime
-from keras_robust_iqa.layers import BlockOrthoConv2D, OrthoConv2D, OrthoDense, RobustBlock
+from keras_robust_iqa.layers import BlockOrthoConv2D, GroupSort, MaxMin, OrthoConv2D, OrthoDense, RobustBlock
 from keras_robust_iqa.models.robustify import flat_layers
 
 PATCH = 32
@@ -156,14 +157,26 @@ def test_lowered_block_conv_is_a_plain_conv2d_of_the_same_operator(size, cin, co
     assert all(not v.trainable for v in lowered.weights)
 
 
+@pytest.mark.parametrize("shape", [(2, 5, 7, 8), (3, 6)])
+def test_lowered_max_min_is_max_min(shape):
+    x = np.random.default_rng(0).normal(size=shape).astype("float32")
+    x[..., 3] = x[..., 2]  # a tie
+    x[..., 0] = -x[..., 1]
+    got = keras.ops.convert_to_numpy(LoweredMaxMin()(x))
+    np.testing.assert_allclose(got, keras.ops.convert_to_numpy(MaxMin()(x)), atol=1e-6)
+    np.testing.assert_allclose(got[..., 0::2], np.maximum(x[..., 0::2], x[..., 1::2]), atol=1e-6)
+    with pytest.raises(ValueError, match="even channel count"):
+        LoweredMaxMin()(x[..., :3])
+
+
 def test_deployment_model_is_plain_and_frozen(builtin):
     keras.utils.set_random_seed(2)
     model = models.robustify(models.build_model("small", patch_size=PATCH), "insert", conv="fourier")
     model.get_layer("relu2_robust_block").residual_logit.assign(-0.4)
     deploy = deployment_model(model)
     kinds = {type(layer) for layer in flat_layers(deploy)}
-    assert not kinds & {OrthoConv2D, OrthoDense, RobustBlock}
-    assert LoweredOrthoConv2D in kinds
+    assert not kinds & {OrthoConv2D, OrthoDense, RobustBlock, GroupSort, MaxMin}
+    assert LoweredOrthoConv2D in kinds and LoweredMaxMin in kinds
     assert not any(v.dtype.startswith("complex") for v in deploy.weights)
     x = builtin["images"][:2, :PATCH, :PATCH]
     want = keras.ops.convert_to_numpy(model(x, training=False))
@@ -238,6 +251,8 @@ def test_block_convolutions_export_as_plain_convolutions(exported):
         ops = tflite_operators(path.read_bytes())
         assert "CONV_2D" in ops
         assert not [op for op in ops if "MATMUL" in op or "FFT" in op or "COMPLEX" in op], ops
+        # MaxMin is 1x1 convolutions and a ReLU, not a compare-and-swap (slow in TFLite).
+        assert not {"GREATER_EQUAL", "SELECT_V2", "SELECT"} & set(ops), ops
     assert sizes["replace-block"] < 1.5 * sizes["base"]
     assert sizes["replace-block"] < 0.2 * (out / "tflite" / "replace.float32.tflite").stat().st_size
     graphs = {kind: onnx.load(str(out / "onnx" / f"{kind}.onnx")).graph for kind in ("base", "replace-block")}
