@@ -71,7 +71,7 @@ def _lowered(layer):
     if isinstance(layer, robust_layers.RobustBlock):
         return _robust_block(layer)
     if isinstance(layer, robust_layers.GroupSort):
-        return _activation(layer.group_size, layer.axis, layer.name) or layer
+        return _group_sort(layer)
     if isinstance(layer, keras.layers.Normalization) and not layer.invert:
         return _normalization(layer)
     # Everything else is already made of ordinary ops: share it, weights and all.
@@ -106,9 +106,11 @@ def _plain_conv(layer):
     return keras.Sequential([pad, conv], name=layer.name)
 
 
-def _activation(group_size, axis, name):
-    """A `LoweredMaxMin` for a GroupSort of pairs along the last axis, else None (kept as it is)."""
-    return LoweredMaxMin(name=name) if group_size == 2 and axis == -1 else None
+def _group_sort(layer):
+    """A `GroupSort` of pairs along the last axis as a `LoweredMaxMin`; any other kept as it is."""
+    if layer.group_size == 2 and layer.axis == -1:
+        return LoweredMaxMin(name=layer.name)
+    return layer
 
 
 def _normalization(layer):
@@ -141,9 +143,7 @@ def _robust_block(block):
     """`GroupSort(conv(x) + b)`, with the convex residual as a `ConvexCombination`."""
     conv = _lowered_conv(block.conv)
     inputs = keras.Input(getattr(conv, "input_size", (None, None, block.conv.input_channels)))
-    group_size = block.activation.group_size
-    activation = _activation(group_size, -1, "groupsort") or robust_layers.GroupSort(group_size, name="groupsort")
-    y = activation(conv(inputs))
+    y = _group_sort(block.activation)(conv(inputs))
     if block.residual:
         # softmax([t, 0]) = [sigmoid(t), 1 - sigmoid(t)]: the block's own lambda.
         mix = robust_layers.ConvexCombination(name="residual", trainable=False)
