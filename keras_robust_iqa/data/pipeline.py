@@ -1,10 +1,11 @@
-"""tf.data pipelines over an :class:`IQATable`.
+"""tf.data pipelines over an :class:`IQATable`, and the package's image decoder.
 
-Images are decoded with tf.io to RGB float32 in [0, 1] (JPEGs with the accurate IDCT, see
-:func:`decode_image`): grayscale is
-repeated to 3 channels, alpha is dropped (not composited, as Pillow's ``convert("RGB")``),
-16-bit PNGs keep their full precision (65535 -> 1.0), palette images are expanded. Readers
-with ``check_images=True`` have already refused files tf.io cannot decode correctly.
+Images are decoded by :func:`decode_image` to RGB float32 in [0, 1], as ``data.images``
+describes: JPEG, PNG and GIF by tf.io (JPEGs with the accurate IDCT), every other format
+Pillow reads (WebP, TIFF, BMP...) by Pillow; 16-bit images keep their precision (65535 ->
+1.0), EXIF orientation is applied, alpha is dropped (not composited, as Pillow's
+``convert("RGB")``), grayscale is repeated to 3 channels, palette images are expanded.
+Readers with ``check_images=True`` have already refused files that cannot be decoded.
 
 Eval batches of full images need one image size per batch: with ``crop_size=None`` and
 ``batch_size > 1`` a split whose images differ in size raises a ValueError (pass
@@ -21,27 +22,53 @@ import tensorflow as tf
 from PIL import Image
 
 from .errors import DataError
+from .images import GIF_MAGIC, JPEG_MAGIC, PNG_MAGIC, decoded_by_tf, image_size, orientation_of_bytes, pillow_decode
 from .table import IQATable
 
 
 def decode_image(contents: tf.Tensor) -> tf.Tensor:
-    """Encoded JPEG/PNG/BMP/GIF bytes -> ``(h, w, 3)`` float32 in [0, 1].
+    """Encoded image bytes -> ``(h, w, 3)`` float32 in [0, 1], upright (see ``data.images``).
 
     JPEGs use libjpeg's accurate integer IDCT: ``tf.io.decode_image`` uses the fast one,
     which is off by up to ~14/255 on high-quality photos (quality 95) and would add its own
-    artefacts to a quality dataset. With it, pixels equal Pillow's decode exactly.
+    artefacts to a quality dataset. With it, pixels equal Pillow's decode exactly. Formats
+    tf.io does not read correctly (WebP, TIFF, BMP...) go through Pillow
+    (``images.pillow_decode``), which also applies their EXIF orientation.
     """
+    by_tf = tf.reduce_any([tf.equal(tf.strings.substr(contents, 0, len(magic)), magic)
+                           for magic in (JPEG_MAGIC, PNG_MAGIC, GIF_MAGIC)])
+
     def jpeg():
         img = tf.io.decode_jpeg(contents, channels=3, dct_method="INTEGER_ACCURATE")
-        return tf.image.convert_image_dtype(img, tf.float32)
+        return _orient(tf.image.convert_image_dtype(img, tf.float32), contents)
 
-    def other():
-        return tf.io.decode_image(contents, channels=3, dtype=tf.float32,
-                                  expand_animations=False)
+    def png_gif():
+        img = tf.io.decode_image(contents, channels=3, dtype=tf.float32, expand_animations=False)
+        return _orient(img, contents)
 
-    img = tf.cond(tf.io.is_jpeg(contents), jpeg, other)
+    def pillow():
+        return tf.numpy_function(pillow_decode, [contents], tf.float32, stateful=False)
+
+    img = tf.cond(by_tf, lambda: tf.cond(tf.io.is_jpeg(contents), jpeg, png_gif), pillow)
     img.set_shape([None, None, 3])
     return img
+
+
+def _orient(img, contents):
+    """``img`` turned upright by the EXIF orientation of ``contents`` (Pillow's exif_transpose)."""
+    orientation = tf.numpy_function(orientation_of_bytes, [contents], tf.int32, stateful=False)
+    transposed = tf.transpose(img, [1, 0, 2])
+    branches = [
+        lambda: img,  # 1 (and anything unknown)
+        lambda: tf.reverse(img, [1]),  # 2: mirrored
+        lambda: tf.image.rot90(img, 2),  # 3: upside down
+        lambda: tf.reverse(img, [0]),  # 4: flipped
+        lambda: transposed,  # 5
+        lambda: tf.image.rot90(img, 3),  # 6: turned 90 degrees clockwise to be upright
+        lambda: tf.image.rot90(transposed, 2),  # 7
+        lambda: tf.image.rot90(img, 1),  # 8
+    ]
+    return tf.switch_case(tf.clip_by_value(orientation - 1, 0, 7), branches)
 
 
 _decode_eager = tf.function(decode_image, input_signature=[tf.TensorSpec([], tf.string)])
@@ -65,13 +92,12 @@ def _hw(value, name: str) -> tuple[int, int]:
 def _header_size(path: str) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
-            w, h = im.size
+            return image_size(im)
     except FileNotFoundError:
         raise DataError(path, None, "image not found") from None
     except Exception as e:  # noqa: BLE001 - any Pillow failure means an unreadable image
         raise DataError(path, None, f"cannot read the image header ({type(e).__name__}: {e})") \
             from None
-    return h, w
 
 
 def image_sizes(table: IQATable) -> np.ndarray:
@@ -252,10 +278,19 @@ def read_image(path, where: str | None = None) -> np.ndarray:
     if not os.path.isfile(path):
         what = "a folder, not an image file" if os.path.isdir(path) else "image not found"
         raise DataError(path, None, f"{what}{note}")
+    with open(path, "rb") as f:
+        contents = f.read()
+    if not contents:
+        raise DataError(path, None, f"empty file (0 bytes){note}")
+    if not decoded_by_tf(contents):
+        try:  # the decoder's Pillow branch, called directly: its errors without TensorFlow's trace
+            return pillow_decode(contents)
+        except ValueError as e:
+            raise DataError(path, None, f"cannot decode the image{note}: {e}") from None
     try:
-        return _decode_eager(tf.io.read_file(path)).numpy()
+        return _decode_eager(tf.constant(contents)).numpy()
     except tf.errors.OpError as e:
-        raise DataError(path, None, f"tf.io cannot decode the image{note}: {_op_reason(e)}") from None
+        raise DataError(path, None, f"cannot decode the image{note}: {_op_reason(e)}") from None
 
 
 def _op_reason(error) -> str:

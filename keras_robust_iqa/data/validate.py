@@ -24,13 +24,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError, DataWarning
+from .images import TF_FORMATS, image_size, pillow_decode
 from .table import SPLITS, IQATable
 
 ON_ERROR = ("raise", "skip")
-
-# Formats tf.io.decode_image reads (MPO is the multi-picture JPEG some cameras write; TF
-# decodes its first picture like a plain JPEG). WebP and TIFF fail inside TensorFlow.
-TF_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "BMP")
 
 
 class RowProblem(Exception):
@@ -207,32 +204,6 @@ def safe_relpath(root: Path, image_dir: str, name, base_real: Path) -> str:
 # --------------------------------------------------------------------------- image files
 
 
-def _bmp_header(path: Path) -> tuple[int, int]:
-    """(bits per pixel, compression) from a BMP file header."""
-    with open(path, "rb") as f:
-        head = f.read(34)
-    (dib_size,) = struct.unpack_from("<I", head, 14)
-    if dib_size == 12:  # OS/2 BITMAPCOREHEADER: no compression field
-        return struct.unpack_from("<H", head, 24)[0], 0
-    bpp, compression = struct.unpack_from("<HI", head, 28)
-    return bpp, compression
-
-
-def _check_tf_decodable(path: Path, im: Image.Image) -> None:
-    if im.format not in TF_FORMATS:
-        raise RowProblem(f"image {path.name}: format {im.format} cannot be decoded by tf.io "
-                         f"(use JPEG, PNG, BMP or GIF)")
-    if im.format == "BMP":
-        # tf.io reads BMP pixels as 1/3/4 bytes per pixel and ignores palettes and RLE, so
-        # anything else would decode to wrong colours without an error.
-        bpp, compression = _bmp_header(path)
-        gray8 = bpp == 8 and compression == 0 and im.mode == "L"  # identity gray palette
-        if not (gray8 or (bpp in (24, 32) and compression in (0, 3))):
-            raise RowProblem(
-                f"image {path.name}: BMP with {bpp} bits per pixel (compression {compression}, "
-                f"mode {im.mode}) would be decoded wrongly by tf.io; convert it to PNG")
-
-
 def _tf_check_jpeg(path: Path) -> None:
     """Decode a JPEG with tf.io as the pipeline will.
 
@@ -252,12 +223,14 @@ def _tf_check_jpeg(path: Path) -> None:
 
 
 def check_image(path: Path, min_hw, decode: bool):
-    """(height, width) of the image; RowProblem if missing, corrupt or too small.
+    """(height, width) of the image, upright; RowProblem if missing, corrupt or too small.
 
-    ``decode=True`` decodes the whole file with Pillow. For JPEG, ``draft`` lets libjpeg
-    scale in the DCT domain: the full entropy-coded stream (where truncation and corruption
-    show up) is still decoded, only the full-size inverse DCT is skipped (~3x faster); JPEGs
-    are then also decoded by tf.io (see :func:`_tf_check_jpeg`).
+    ``decode=True`` decodes the file as the pipeline will (``data.images``): formats tf.io
+    reads are decoded whole by Pillow (the same pixels), every other format by the
+    pipeline's own Pillow decoder. For JPEG, ``draft`` lets libjpeg scale in the DCT
+    domain: the full entropy-coded stream (where truncation and corruption show up) is
+    still decoded, only the full-size inverse DCT is skipped (~3x faster); JPEGs are then
+    also decoded by tf.io (see :func:`_tf_check_jpeg`).
     Returns None when nothing had to be opened (``decode=False`` and no ``min_hw``).
     """
     try:
@@ -266,15 +239,19 @@ def check_image(path: Path, min_hw, decode: bool):
                 raise RowProblem(f"image not found: {path}")
             return None
         with Image.open(path) as im:
-            w, h = im.size
-            if decode:
-                _check_tf_decodable(path, im)
-                if im.format in ("JPEG", "MPO"):
-                    im.draft(None, (max(1, w // 8), max(1, h // 8)))
+            h, w = image_size(im)
+            fmt = im.format
+            if decode and fmt in TF_FORMATS:
+                if fmt in ("JPEG", "MPO"):
+                    im.draft(None, tuple(max(1, side // 8) for side in im.size))
                 im.load()
-                fmt = im.format
         if decode and fmt in ("JPEG", "MPO"):
             _tf_check_jpeg(path)
+        elif decode and fmt not in TF_FORMATS:
+            try:
+                pillow_decode(path.read_bytes())
+            except ValueError as e:
+                raise RowProblem(f"image {path.name} ({fmt}) cannot be decoded: {e}") from None
     except RowProblem:
         raise
     except (FileNotFoundError, NotADirectoryError):

@@ -32,7 +32,8 @@ def find_patch(patch: np.ndarray, image: np.ndarray) -> bool:
 
 @pytest.fixture
 def odd_formats(tmp_path):
-    """Grayscale, RGBA, palette, 16-bit and CMYK files, with the values they must decode to."""
+    """Grayscale, RGBA, palette, 16-bit and CMYK files, and the formats tf.io does not read
+    (WebP, TIFF, palette BMP), with the values they must decode to."""
     rgb = pixels(1)
     gray = pixels(2, channels=1)
     expected, rows = {}, []
@@ -66,6 +67,14 @@ def odd_formats(tmp_path):
     rgb16 = (pixels(4).astype(np.uint16) * 257 + 3)
     write_png16_rgb(tmp_path / "rgb16.png", rgb16)
     expected["rgb16.png"] = rgb16 / 65535.0
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.webp", lossless=True, exact=True)
+    expected["rgba.webp"] = rgb / 255.0  # tf.io fails on WebP ("WebP only supports uint8")
+    Image.fromarray(rgb).save(tmp_path / "rgb.tiff")
+    expected["rgb.tiff"] = rgb / 255.0
+    Image.fromarray(g16).save(tmp_path / "gray16.tif")
+    expected["gray16.tif"] = np.repeat(g16[..., None], 3, -1) / 65535.0
+    pal.save(tmp_path / "palette.bmp")  # tf.io would ignore the palette
+    expected["palette.bmp"] = np.asarray(pal.convert("RGB")) / 255.0
     Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg", quality=100)
     expected["cmyk.jpg"] = None
     for name in expected:
@@ -91,10 +100,39 @@ def test_gray_rgba_palette_16bit_decode_to_rgb01(odd_formats):
             np.testing.assert_allclose(img, want, atol=3 / 255, err_msg=path)
         else:
             np.testing.assert_allclose(img, want, atol=1e-6, err_msg=path)
-    g16 = images[table.paths.index("gray16.png")]
-    # 32768 / 65535, not clipped to 1.0 as an 8-bit conversion would
-    np.testing.assert_allclose(g16[0, 0], 32768 / 65535, atol=1e-6)
-    np.testing.assert_allclose(g16[0, 1], 1.0)
+    for name in ("gray16.png", "gray16.tif"):
+        g16 = images[table.paths.index(name)]
+        # 32768 / 65535, not clipped to 1.0 as an 8-bit conversion would
+        np.testing.assert_allclose(g16[0, 0], 32768 / 65535, atol=1e-6)
+        np.testing.assert_allclose(g16[0, 1], 1.0)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+def test_exif_orientation_is_applied_everywhere(tmp_path, fmt):
+    """Each of the 8 EXIF orientations: read_image, the pipeline and the table's sizes give the
+    upright image, as Pillow's exif_transpose does (tf.io alone ignores the tag)."""
+    from PIL import ImageOps
+
+    rgb = pixels(5)  # 40 x 32, not square: a turn shows in the shape
+    rows, want = [], {}
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[274] = orientation
+        name = f"o{orientation}.{fmt.lower()}"
+        options = {"quality": 95} if fmt == "JPEG" else {"lossless": True} if fmt == "WEBP" else {}
+        Image.fromarray(rgb).save(tmp_path / name, fmt, exif=exif.tobytes(), **options)
+        with Image.open(tmp_path / name) as im:
+            want[name] = np.asarray(ImageOps.exif_transpose(im).convert("RGB")) / 255.0
+        rows.append([name, 10.0 * orientation, "test"])
+    write_csv(tmp_path / "mos.csv", ["path", "mos", "split"], rows)
+    table = read_csv(tmp_path)
+    for name, size in zip(table.paths, table.sizes):
+        assert tuple(size) == want[name].shape[:2], name
+        np.testing.assert_allclose(read_image(tmp_path / name), want[name], atol=1e-6, err_msg=name)
+    assert {want[name].shape for name in want} == {(32, 40, 3), (40, 32, 3)}
+    xs, _ = collect(make_dataset(table, None, batch_size=1, training=False))  # sizes differ: one per batch
+    for name, x in zip(table.paths, xs):
+        np.testing.assert_allclose(x[0], want[name], atol=1e-6, err_msg=name)
 
 
 def test_pipeline_decodes_the_same_pixels_as_load_images(odd_formats):
@@ -120,8 +158,14 @@ def test_load_images_indices_and_errors(csv_dir):
     (csv_dir / "imgs" / "1.png").write_bytes(b"junk")  # after validation: clear error anyway
     with pytest.raises(DataError, match="1.png") as caught:
         load_images(table, [1])
+    assert caught.value.reason == ("cannot decode the image (table row 1): not an image format Pillow or tf.io "
+                                   "reads (unknown type, or corrupt)")
+    png = (csv_dir / "imgs" / "4.png").read_bytes()
+    (csv_dir / "imgs" / "1.png").write_bytes(png[:len(png) // 2])  # a truncated PNG: tf.io's branch
+    with pytest.raises(DataError, match="1.png") as caught:
+        load_images(table, [1])
     # The file, the row and TensorFlow's reason, without the graph trace around it.
-    assert caught.value.reason.startswith("tf.io cannot decode the image (table row 1): Unknown image file format")
+    assert caught.value.reason.startswith("cannot decode the image (table row 1): ")
     assert "[[" not in str(caught.value) and "Graph execution" not in str(caught.value)
     (csv_dir / "imgs" / "1.png").unlink()
     with pytest.raises(DataError, match="not found"):
@@ -136,7 +180,7 @@ def test_read_image_decodes_as_the_pipeline_and_names_bad_files(odd_formats, tmp
     jpeg = tmp_path / "cut.jpg"
     Image.fromarray(pixels(3)).save(jpeg, quality=90)
     jpeg.write_bytes(jpeg.read_bytes()[:200])
-    with pytest.raises(DataError, match=r"cut\.jpg: tf\.io cannot decode the image: .*JPEG"):
+    with pytest.raises(DataError, match=r"cut\.jpg: cannot decode the image: .*JPEG"):
         read_image(jpeg)
     with pytest.raises(DataError, match=r"missing\.png: image not found"):
         read_image(tmp_path / "missing.png")

@@ -11,7 +11,7 @@ import scipy.io
 from iqa_data_helpers import LIVEC_NAMES, edit_csv, write_image, write_livec_mats
 from PIL import Image
 
-from keras_robust_iqa.data import (DataError, DataWarning, read_csv, read_kadid10k,
+from keras_robust_iqa.data import (DataError, DataWarning, load_images, read_csv, read_kadid10k,
                                    read_koniq10k, read_livec, read_spaq, read_tid2013)
 
 KONIQ_META = "koniq10k_distributions_sets.csv"
@@ -138,13 +138,19 @@ def test_min_size_all_skipped_is_an_error(csv_dir):
             read_csv(csv_dir, min_size=100, on_error="skip")
 
 
-def test_unsupported_formats_for_tf(csv_dir):
-    Image.fromarray(np.zeros((32, 40, 3), np.uint8)).save(csv_dir / "imgs" / "0.jpg", "TIFF")
-    raises_at(lambda: read_csv(csv_dir), "mos.csv", 2, "TIFF", "tf.io")
-    # An 8-bit palette BMP: tf.io would ignore the palette and return wrong colours.
+def test_formats_tf_does_not_read_are_decoded_and_junk_is_refused(csv_dir):
+    """TIFF and a palette BMP (tf.io reads neither correctly) pass validation and decode to
+    their pixels; bytes no decoder reads are refused with the row."""
     rgb = np.random.default_rng(0).integers(0, 256, (32, 40, 3), dtype=np.uint8)
-    Image.fromarray(rgb).convert("P").save(csv_dir / "imgs" / "0.jpg", "BMP")
-    raises_at(lambda: read_csv(csv_dir), "mos.csv", 2, "8 bits per pixel", "PNG")
+    Image.fromarray(rgb).save(csv_dir / "imgs" / "0.jpg", "TIFF")  # the name does not matter
+    palette = Image.fromarray(rgb).convert("P")
+    palette.save(csv_dir / "imgs" / "1.png", "BMP")
+    t = read_csv(csv_dir)
+    np.testing.assert_allclose(load_images(t, [t.paths.index("imgs/0.jpg")])[0], rgb / 255.0, atol=1e-6)
+    np.testing.assert_allclose(load_images(t, [t.paths.index("imgs/1.png")])[0],
+                               np.asarray(palette.convert("RGB")) / 255.0, atol=1e-6)
+    (csv_dir / "imgs" / "0.jpg").write_bytes(b"II*\x00 not really a TIFF")
+    raises_at(lambda: read_csv(csv_dir), "mos.csv", 2, "0.jpg", "not a readable image")
 
 
 # --------------------------------------------------------------------------- MOS values
