@@ -12,6 +12,7 @@ COMMANDS = (
     "keras_robust_iqa.pruning.command",
     "keras_robust_iqa.evaluation.command",
     "keras_robust_iqa.evaluation.score_command",
+    "keras_robust_iqa.models.presets_command",
     "keras_robust_iqa.deployment.command",
     "keras_robust_iqa.demo_command",
 )

@@ -8,25 +8,33 @@ import tempfile
 
 
 def add_parser(subparsers):
-    from keras_robust_iqa.evaluation.scoring import FORMATS, IMAGE_SUFFIXES
+    from keras_robust_iqa.data.images import IMAGE_SUFFIXES
+    from keras_robust_iqa.evaluation.scoring import FORMATS
+    from keras_robust_iqa.models.presets import DEFAULT_PRESET
     from keras_robust_iqa.training.command import fraction
 
     p = subparsers.add_parser(
         "score",
         help="score image files, folders and globs on the MOS scale, with certified intervals",
-        description="Score images of any size (at least one patch) with a run's model, or with an "
-        "exported SavedModel, TFLite or ONNX file: the average score of the centred grid of patches, "
-        "on the dataset's MOS scale. For a model whose run `lipschitz_bound` certifies, each score "
-        "comes with its certified interval [score - b, score + b] for the budget: no perturbation "
-        "within it can move the score outside. A file that cannot be read is named on stderr and the "
-        "others are still scored; the exit code is then 1 (0 with --on-error skip).",
+        description="Score images of any size (at least one patch) with a preset (by default the bundled "
+        f"certified preset {DEFAULT_PRESET}, trained on the built-in synthetic distortions: `robust-iqa presets`), "
+        "a run's model, or an exported SavedModel, TFLite or ONNX file: the average score of the centred "
+        "grid of patches, on the dataset's MOS scale. For a model whose `lipschitz_bound` certifies, each "
+        "score comes with its certified interval [score - b, score + b] for the budget: no perturbation "
+        "within it can move the score outside. Images are decoded as in training (JPEG, PNG, GIF, BMP, "
+        "WebP, TIFF; EXIF orientation applied, alpha dropped). A file that cannot be read is named on "
+        "stderr and in the output, and the others are still scored; the exit code is then 1 (0 with "
+        "--on-error skip). Files a folder scan skips (not an image type) are named the same way.",
     )
     p.add_argument("paths", nargs="+", metavar="PATH",
-                   help=f"image files, folders (searched recursively for {', '.join(IMAGE_SUFFIXES)} files) "
-                   "and glob patterns such as 'photos/**/*.jpg'")
+                   help=f"image files, folders (searched recursively for {', '.join(IMAGE_SUFFIXES)} files; "
+                   "other files there are named as skipped) and glob patterns such as 'photos/**/*.jpg'")
+    p.add_argument("--preset", metavar="NAME",
+                   help=f"a preset name (`robust-iqa presets`) or preset folder scores and certifies "
+                   f"(default, without --run and --model: {DEFAULT_PRESET})")
     p.add_argument("--run", metavar="RUN",
                    help="run folder (model.keras, config.json): its model scores the images and certifies "
-                   "the intervals; required unless --model is given")
+                   "the intervals")
     p.add_argument("--model", metavar="FILE",
                    help="an exported model (SavedModel folder, .tflite or .onnx from `robust-iqa export`) "
                    "scores the images instead; with --run too, the run's certificate gives the intervals "
@@ -71,8 +79,12 @@ def run(args):
     def warn(entry):
         print(f"robust-iqa score: cannot score {entry['path']}: {entry['error']}", file=sys.stderr)
 
-    result = score_files(args.paths, run=args.run, model_file=args.model, eps=args.eps, norm=args.norm,
-                         batch_size=args.batch_size, warn=warn)
+    result = score_files(args.paths, run=args.run, model_file=args.model, preset=args.preset, eps=args.eps,
+                         norm=args.norm, batch_size=args.batch_size, warn=warn)
+    if result["scorer"]["preset"]:
+        print(f"robust-iqa score: scored with the preset {result['scorer']['preset']} "
+              f"({'bundled, the default' if args.preset is None else args.preset}; `robust-iqa presets` "
+              "says what it was trained on)", file=sys.stderr)
     if result["not_certified"]:
         print(f"robust-iqa score: scores only, no certified interval: {result['not_certified']}", file=sys.stderr)
     text = format_results(result, fmt)
@@ -80,6 +92,9 @@ def run(args):
         _write_atomic(pathlib.Path(args.out), text)
     else:
         sys.stdout.write(text)
+    if result["skipped"]:
+        print(f"robust-iqa score: {len(result['skipped'])} file(s) skipped by the folder scan (not an image type)",
+              file=sys.stderr)
     if result["errors"]:
         print(f"robust-iqa score: {len(result['errors'])} path(s) not scored, {len(result['images'])} scored",
               file=sys.stderr)

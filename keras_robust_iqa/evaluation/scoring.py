@@ -1,12 +1,14 @@
-"""Score image files with a run's model or an exported file, with certified intervals.
+"""Score image files with a preset, a run's model or an exported file, with certified intervals.
 
-`score_files(paths, run=..., model_file=...)` takes files, folders (searched recursively
-for image files) and glob patterns, decodes each image as the training pipeline does
-(`data.read_image`), scores it on the dataset's MOS scale and, for a model whose run
+`score_files(paths, run=..., model_file=..., preset=...)` takes files, folders (searched
+recursively for image files) and glob patterns, decodes each image as the training pipeline
+does (`data.read_image`), scores it on the dataset's MOS scale and, for a model whose
 `lipschitz_bound` certifies, puts each score's certified interval `[score - b, score + b]`
-for the budget around it (`evaluation.certified_interval`). Images stream in chunks of
-bounded memory, so a folder of any size and images of any size (at least one patch) are
-scored. A file that cannot be read is reported and the others are still scored.
+for the budget around it (`evaluation.certified_interval`). With no model named, the bundled
+preset (`models.presets.DEFAULT_PRESET`) scores. Images stream in chunks of bounded memory,
+so a folder of any size and images of any size (at least one patch) are scored. A file that
+cannot be read is reported and the others are still scored; a file a folder scan skips
+(not an image type, by its suffix) is reported too.
 
 `format_results(result, "table" | "json" | "csv")` renders what `score_files` returned.
 """
@@ -22,25 +24,24 @@ import sys
 
 import numpy as np
 
+from keras_robust_iqa.data.images import IMAGE_SUFFIXES
 from keras_robust_iqa.evaluation.certified import NORMS, certified_bounds, certified_interval
 from keras_robust_iqa.evaluation.evaluate import eps_label
 
-# What a folder is searched for (the formats tf.io decodes); a file named on its own is
-# decoded whatever its name.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 DEFAULT_EPS = {"linf": 4 / 255, "l2": 1.0}
 FORMATS = ("table", "json", "csv")
 # A chunk of decoded images holds at most this many pixels (float32 RGB: 12 bytes each,
 # about 400 MB) or this many images.
 CHUNK_PIXELS = 2**25
 CHUNK_IMAGES = 64
-COLUMNS = ("path", "height", "width", "score", "lower", "upper", "bound")
+COLUMNS = ("path", "height", "width", "score", "lower", "upper", "bound", "error")
 
 
 def expand_paths(paths):
-    """`(files, problems)`: the image files that `paths` name, in order, each once, and a
-    `{"path", "error"}` entry for each argument that names none."""
-    files, problems, seen = [], [], set()
+    """`(files, problems, skipped)`: the image files that `paths` name, in order, each once; a
+    `{"path", "error"}` entry for each argument that names none; and one for each file a
+    folder scan left out because its suffix is not an image type (`IMAGE_SUFFIXES`)."""
+    files, problems, skipped, seen, seen_skipped = [], [], [], set(), set()
 
     def add(path):
         key = str(path)
@@ -49,9 +50,15 @@ def expand_paths(paths):
             files.append(key)
 
     def add_folder(folder):
-        found = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        for path in found:
-            add(path)
+        found = []
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                found.append(path)
+                add(path)
+            elif str(path) not in seen_skipped:
+                seen_skipped.add(str(path))
+                skipped.append({"path": str(path), "error": f"skipped by the folder scan: {path.suffix or 'no suffix'} "
+                                "is not an image type (name the file to try to decode it)"})
         return bool(found)
 
     for arg in paths:
@@ -75,7 +82,7 @@ def expand_paths(paths):
                 problems.append({"path": str(arg), "error": "no file matches this pattern"})
         else:
             problems.append({"path": str(arg), "error": "no such file or folder"})
-    return files, problems
+    return files, problems, skipped
 
 
 def file_format(path):
@@ -114,33 +121,40 @@ def _quantised_tflite(path):
 
 
 class Scorer:
-    """Scores on the MOS scale, from a run's Keras model or from an exported file.
+    """Scores on the MOS scale, from a preset, a run's model or an exported file.
 
-    With a run, `mos_range` and the patch size come from its `config.json`, and the
-    certificate from its model (`lipschitz_bound`); an exported file alone gives scores
-    only (its patch size and scale from the export report beside it, when there is one). With both, the file scores and the run certifies: a float export computes the
-    run's model (checked at export within 1e-4 on the [0, 1] scale); an int8 TFLite file
-    computes another function, so it gets no interval.
+    With a preset (a name, or a preset folder: `models.load_preset`) or a run, the patch size
+    and `mos_range` come from its card or `config.json`, and the certificate from its model
+    (`lipschitz_bound`); with none of the three, the bundled preset `DEFAULT_PRESET`. An
+    exported file alone gives scores only (its patch size and scale from the export report
+    beside it, when there is one). With a file and a run, the file scores and the run
+    certifies: a float export computes the run's model (checked at export within 1e-4 on
+    the [0, 1] scale); an int8 TFLite file computes another function, so it gets no interval.
     """
 
-    def __init__(self, run=None, model_file=None):
-        if run is None and model_file is None:
-            raise ValueError("Give a run folder (--run RUN), an exported model (--model FILE), or both.")
-        self.run, self.model_file = run, model_file
+    def __init__(self, run=None, model_file=None, preset=None):
+        from keras_robust_iqa.models import presets
+
+        if preset is not None and (run is not None or model_file is not None):
+            raise ValueError("Give a preset (--preset), or a run and/or an exported model (--run, --model), "
+                             "not both.")
+        if run is None and model_file is None and preset is None:
+            preset = presets.DEFAULT_PRESET
+        self.run, self.model_file, self.preset = run, model_file, None
         self.model = self.predict = None
         self.patch_size = self.mos_range = self.lipschitz = None
         self.not_certified = None
-        if run is not None:
-            from keras_robust_iqa.deployment.export import read_run_facts
+        if run is not None or preset is not None:
             from keras_robust_iqa.models.lipschitz import lipschitz_bound
-            from keras_robust_iqa.training.trainer import load_run_model
 
-            _, self.patch_size, self.mos_range = read_run_facts(run)
-            self.model = load_run_model(run)
+            loaded = presets.load_run(run) if run is not None else presets.load_preset(preset)
+            self.preset = None if run is not None else loaded.name
+            self.model, self.patch_size = loaded.model, loaded.card["patch_size"]
+            self.mos_range = tuple(float(v) for v in loaded.card["mos_range"])
             try:
                 self.lipschitz = lipschitz_bound(self.model)
             except ValueError as error:
-                self.not_certified = f"the model of {run} has no certified bound: {error}"
+                self.not_certified = f"the model of {run or preset} has no certified bound: {error}"
         if model_file is not None:
             from keras_robust_iqa.deployment.runtimes import load_runtime
 
@@ -155,7 +169,6 @@ class Scorer:
                                       "whose certificate therefore does not apply")
         else:
             self.format = "keras"
-
     @property
     def certified(self):
         return self.lipschitz is not None
@@ -193,16 +206,19 @@ class Scorer:
         return scores, bounds
 
 
-def score_files(paths, *, run=None, model_file=None, eps=None, norm="linf", batch_size=64, progress=True,
-                warn=None):
+def score_files(paths, *, run=None, model_file=None, preset=None, eps=None, norm="linf", batch_size=64,
+                progress=True, warn=None):
     """Score image files; return the rows, the files that could not be scored, and the settings.
 
     Args:
-        paths: image files, folders (searched recursively for .jpg, .jpeg, .png, .bmp
-            and .gif files) and glob patterns (`**` included).
+        paths: image files, folders (searched recursively for files with the suffixes of
+            `data.images.IMAGE_SUFFIXES`: JPEG, PNG, GIF, BMP, WebP, TIFF) and glob patterns
+            (`**` included).
         run: a run folder (`model.keras`, `config.json`): its model scores and certifies.
         model_file: an exported SavedModel folder, `.tflite` or `.onnx` file: it scores
             instead of the run's Keras model (see `Scorer`).
+        preset: a preset name or folder (`models.load_preset`) scores and certifies. With
+            none of `run`, `model_file` and `preset`: the bundled preset.
         eps: the budget of the certified interval, in [0, 1] pixel units: an L-inf
             radius, or for `norm="l2"` an L2 radius over the whole image. Default:
             4/255 (L-inf), 1.0 (L2).
@@ -213,9 +229,10 @@ def score_files(paths, *, run=None, model_file=None, eps=None, norm="linf", batc
 
     Returns:
         `{"scorer", "budget", "certified", "not_certified", "lipschitz_bound", "images",
-        "errors"}`: `images` one row per scored file (`path`, `height`, `width`,
+        "errors", "skipped"}`: `images` one row per scored file (`path`, `height`, `width`,
         `score`, and `lower`, `upper`, `bound` for a certified model, else None), in the
-        order of `paths`; `errors` the arguments and files that gave no score, with why.
+        order of `paths`; `errors` the arguments and files that gave no score, with why;
+        `skipped` the files a folder scan left out (not an image type), with why.
     """
     if norm not in NORMS:
         raise ValueError(f"Argument `norm` must be one of {NORMS}, got {norm!r}.")
@@ -227,10 +244,10 @@ def score_files(paths, *, run=None, model_file=None, eps=None, norm="linf", batc
     paths = [str(path) for path in paths]
     if not paths:
         raise ValueError("Give at least one image file, folder or pattern to score.")
-    scorer = Scorer(run, model_file)
-    files, errors = expand_paths(paths)
+    scorer = Scorer(run, model_file, preset)
+    files, errors, skipped = expand_paths(paths)
     report = warn or (lambda entry: None)
-    for entry in errors:
+    for entry in errors + skipped:
         report(entry)
 
     from keras_robust_iqa.data import DataError, read_image
@@ -290,7 +307,8 @@ def score_files(paths, *, run=None, model_file=None, eps=None, norm="linf", batc
     rows_order = {path: i for i, path in enumerate(files)}
     errors.sort(key=lambda entry: rows_order.get(entry["path"], -1))
     return {
-        "scorer": {"run": run, "model": None if model_file is None else str(model_file), "format": scorer.format,
+        "scorer": {"preset": scorer.preset, "run": None if run is None else str(run),
+                   "model": None if model_file is None else str(model_file), "format": scorer.format,
                    "patch_size": scorer.patch_size,
                    "mos_range": None if scorer.mos_range is None else list(scorer.mos_range)},
         "budget": {"eps": float(eps), "norm": norm, "label": eps_label(eps, norm)},
@@ -299,6 +317,7 @@ def score_files(paths, *, run=None, model_file=None, eps=None, norm="linf", batc
         "lipschitz_bound": scorer.lipschitz,
         "images": rows,
         "errors": errors,
+        "skipped": skipped,
     }
 
 
@@ -334,14 +353,16 @@ def format_results(result, fmt="table"):
         writer = csv.DictWriter(out, COLUMNS, lineterminator="\n")
         writer.writeheader()
         for row in result["images"]:
-            writer.writerow({key: ("" if row[key] is None else row[key]) for key in COLUMNS})
+            writer.writerow({key: ("" if row.get(key) is None else row[key]) for key in COLUMNS})
+        for entry in _not_scored(result):
+            writer.writerow({"path": entry["path"], "error": entry["error"]})
         return out.getvalue()
     return _table(result)
 
 
 def _table(result):
     scorer, budget = result["scorer"], result["budget"]
-    source = scorer["model"] or scorer["run"]
+    source = scorer["model"] or scorer["run"] or f"preset {scorer['preset']}"
     scale = scorer["mos_range"]
     lines = [f"# {len(result['images'])} image(s) scored by {source} ({scorer['format']})"
              + (f", MOS scale {scale[0]:g}..{scale[1]:g}" if scale else "")]
@@ -360,4 +381,13 @@ def _table(result):
     for cells in [header, *body]:
         lines.append("  ".join(cell.ljust(widths[0]) if i == 0 else cell.rjust(widths[i])
                                for i, cell in enumerate(cells)).rstrip())
+    not_scored = _not_scored(result)
+    if not_scored:
+        lines.append(f"# {len(not_scored)} path(s) not scored:")
+        lines += [f"#   {entry['path']}: {entry['error']}" for entry in not_scored]
     return "\n".join(lines) + "\n"
+
+
+def _not_scored(result):
+    """The unreadable paths, then the files the folder scan skipped."""
+    return result["errors"] + result.get("skipped", [])

@@ -150,14 +150,16 @@ def test_interval_refuses_bad_input(runs):
 
 
 def test_paths_expand_folders_and_globs_in_order(photos):
-    files, problems = expand_paths([photos / "more", photos, str(photos / "*.png"), photos / "nothing.png",
-                                    str(photos / "*.webp")])
+    files, problems, skipped = expand_paths([photos / "more", photos, str(photos / "*.png"),
+                                             photos / "nothing.png", str(photos / "*.webp")])
     names = [str(p).removeprefix(str(photos) + "/") for p in files]
     # The folder's files once each (the subfolder's first, as given), a folder scan skips notes.txt.
     assert names == ["more/coffee.jpg", "astronaut.png", "broken.jpg", "camera.png", "chelsea.png",
                      "fake.png", "tiny.png"]
     assert problems == [{"path": str(photos / "nothing.png"), "error": "no such file or folder"},
                         {"path": str(photos / "*.webp"), "error": "no file matches this pattern"}]
+    assert skipped == [{"path": str(photos / "notes.txt"), "error": "skipped by the folder scan: .txt is not an "
+                        "image type (name the file to try to decode it)"}]
 
 
 # The command ---------------------------------------------------------------------------
@@ -170,6 +172,11 @@ def test_table_with_certified_intervals_and_unreadable_files(runs, photos, expec
         assert f"cannot score {photos / name}" in err
     assert "jpeg" in err.lower() and "smaller than the model's 16x16 patches" in err
     assert "3 path(s) not scored, 4 scored" in err
+    assert f"cannot score {photos / 'notes.txt'}: skipped by the folder scan" in err
+    assert "1 file(s) skipped by the folder scan" in err
+    # The table names them too, under the scores.
+    assert [line.split(":")[0].strip("# ") for line in out.splitlines() if line.startswith("#   ")] == \
+        [str(photos / name) for name in [*BAD, "notes.txt"]]
     rows = [line.split() for line in out.splitlines() if not line.startswith("#")]
     assert rows[0] == ["path", "score", "lower", "upper", "+-bound"]
     assert [row[0] for row in rows[1:]] == [str(photos / name) for name in GOOD]
@@ -239,8 +246,8 @@ def test_exported_file_scores_as_the_run(runs, photos, expected, kind, capsys):
     result = json.loads(out)
     assert code == 1 and "smaller than the model's 16x16 patches" in err
     assert result["certified"] is False and "carries no certificate" in result["not_certified"]
-    assert result["scorer"] == {"run": None, "model": str(path), "format": kind, "patch_size": PATCH,
-                                "mos_range": list(MOS_RANGE)}
+    assert result["scorer"] == {"preset": None, "run": None, "model": str(path), "format": kind,
+                                "patch_size": PATCH, "mos_range": list(MOS_RANGE)}
     scores = [row["score"] for row in result["images"]]
     np.testing.assert_allclose(scores, expected.score, atol=1e-2)  # the export's parity: 1e-4 on [0, 1]
     # With its run: the run's certificate around the file's scores.
@@ -259,8 +266,11 @@ def test_int8_file_gets_no_interval(runs, photos, capsys):
 
 
 def test_bad_arguments_are_one_line_errors(runs, photos, tmp_path, capsys):
-    code, _, err = score([photos / "astronaut.png"], capsys)
-    assert code == 2 and "Give a run folder (--run RUN), an exported model (--model FILE)" in err
+    code, _, err = score(["--preset", "small_replace_x2_builtin", "--run", runs["replace"], photos / "astronaut.png"],
+                         capsys)
+    assert code == 2 and "Give a preset (--preset), or a run and/or an exported model" in err
+    code, _, err = score(["--preset", "no_such_preset", photos / "astronaut.png"], capsys)
+    assert code == 2 and "'no_such_preset' is neither a preset (registered: small_replace_x2_builtin" in err
     code, _, err = score(["--model", photos / "astronaut.png", photos / "astronaut.png"], capsys)
     assert code == 2 and "is not an exported model" in err
     code, _, err = score(["--run", tmp_path / "missing", photos / "astronaut.png"], capsys)
@@ -274,3 +284,77 @@ def test_bad_arguments_are_one_line_errors(runs, photos, tmp_path, capsys):
     code, out, err = score(["--run", runs["replace"], photos / "fake.png", tmp_path], capsys)
     assert code == 1 and "fake.png" in err and "no image files" in err
     assert out.startswith("# 0 image(s) scored")
+
+
+# Every image a user has -----------------------------------------------------------------
+
+LOSSLESS = ["gray8.png", "gray16.png", "rgb.png", "palette.png", "alpha.png", "picture.gif", "picture.bmp",
+            "lossless.webp", "picture.tiff"]
+
+
+@pytest.fixture(scope="module")
+def formats(tmp_path_factory):
+    """One gray picture of at most 256 levels in every lossless format (8- and 16-bit PNG, RGB,
+    palette and alpha PNG, GIF, BMP, lossless WebP, TIFF), as JPEG, and an empty file, a
+    truncated WebP and a text file."""
+    root = tmp_path_factory.mktemp("formats")
+    gray = skimage.data.camera()[150:190:, 200:260]  # 40 x 60, uint8
+    rgb = np.repeat(gray[..., None], 3, -1)
+    Image.fromarray(gray).save(root / "gray8.png")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(root / "gray16.png")  # v * 257 / 65535 = v / 255
+    Image.fromarray(rgb).save(root / "rgb.png")
+    Image.fromarray(rgb).quantize(256, method=Image.Quantize.MAXCOVERAGE).save(root / "palette.png")
+    alpha = np.linspace(0, 255, gray.size).reshape(gray.shape).astype(np.uint8)  # dropped, whatever it is
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(root / "alpha.png")
+    Image.fromarray(gray).save(root / "picture.gif")
+    Image.fromarray(rgb).save(root / "picture.bmp")
+    Image.fromarray(rgb).save(root / "lossless.webp", lossless=True)
+    Image.fromarray(rgb).save(root / "picture.tiff")
+    Image.fromarray(rgb).save(root / "photo.jpg", quality=90)
+    (root / "empty.png").write_bytes(b"")
+    webp = (root / "lossless.webp").read_bytes()
+    (root / "truncated.webp").write_bytes(webp[: len(webp) // 2])
+    (root / "readme.txt").write_text("not an image")
+    with Image.open(root / "palette.png") as im:
+        assert im.mode == "P" and np.array_equal(np.asarray(im.convert("L")), gray)  # lossless palette
+    return root
+
+
+def test_every_format_is_scored_or_named_and_lossless_ones_agree(runs, formats, tmp_path, capsys):
+    code, out, err = score(["--run", runs["replace"], formats, "--format", "json"], capsys)
+    result = json.loads(out)
+    scored = {row["path"].rsplit("/", 1)[-1]: row for row in result["images"]}
+    named = {entry["path"].rsplit("/", 1)[-1]: entry["error"] for entry in result["errors"] + result["skipped"]}
+    assert sorted(scored) == sorted([*LOSSLESS, "photo.jpg"])
+    assert named == {"empty.png": "empty file (0 bytes)",
+                     "truncated.webp": named["truncated.webp"],
+                     "readme.txt": "skipped by the folder scan: .txt is not an image type (name the file to try "
+                                   "to decode it)"}
+    assert named["truncated.webp"].startswith("cannot decode the image: Pillow: ")
+    assert code == 1 and all(f"cannot score {formats / name}" in err for name in named)
+    scores = np.array([scored[name]["score"] for name in LOSSLESS])
+    np.testing.assert_allclose(scores, scores[0], atol=1e-4)  # on the MOS scale 0..100
+    assert abs(scored["photo.jpg"]["score"] - scores[0]) < 5  # lossy: close, not equal
+    assert all(row["lower"] < row["score"] < row["upper"] for row in scored.values())
+    # CSV: the same paths, scored or with their reason in the `error` column.
+    code, out, _ = score(["--run", runs["replace"], formats, "--format", "csv"], capsys)
+    rows = {row["path"].rsplit("/", 1)[-1]: row for row in csv.DictReader(io.StringIO(out))}
+    assert {name for name, row in rows.items() if row["error"]} == set(named)
+    assert {name: row["error"] for name, row in rows.items() if row["error"]} == named
+    assert all(rows[name]["score"] and not rows[name]["error"] for name in scored)
+
+
+def test_score_without_a_model_uses_the_bundled_preset(photos, capsys):
+    """`robust-iqa score photo.jpg`: no --run, no --model; the bundled certified preset scores."""
+    from keras_robust_iqa.models.presets import DEFAULT_PRESET, from_preset
+
+    code, out, err = score([photos / "astronaut.png", "--format", "json"], capsys)
+    assert code == 0 and f"scored with the preset {DEFAULT_PRESET} (bundled, the default" in err
+    result = json.loads(out)
+    assert result["scorer"]["preset"] == DEFAULT_PRESET and result["certified"] is True
+    (row,) = result["images"]
+    model = from_preset(DEFAULT_PRESET)
+    want = evaluation.certified_interval(model, images_of(photos, ["astronaut.png"]), EPS, mos_range=(0.0, 100.0))
+    assert row["score"] == pytest.approx(want.score[0], abs=1e-3)
+    assert row["lower"] == pytest.approx(want.lower[0], abs=1e-3) and row["upper"] == pytest.approx(want.upper[0], abs=1e-3)
+    assert result["lipschitz_bound"] == pytest.approx(models.lipschitz_bound(model))
