@@ -22,7 +22,7 @@ import dataclasses
 import json
 import sys
 
-from keras_robust_iqa.models.presets import DEFAULT_PRESET, PRESETS_DIR, save_to_preset
+from keras_robust_iqa.models.presets import DEFAULT_PRESET, PRESETS_DIR, read_card, save_to_preset
 from keras_robust_iqa.training.trainer import TrainConfig
 
 CONFIG = TrainConfig(
@@ -87,8 +87,7 @@ def build_preset(config=CONFIG, run_dir="runs/preset-builtin", out=PRESETS_DIR /
         "patch_size": config.patch_size,
         "mos_range": list(table.mos_range),
     }
-    save_to_preset(model, out, card)
-    return card
+    return read_card(save_to_preset(model, out, card))  # as written, with the name, date and versions
 
 
 def main(argv=None):

@@ -1,8 +1,9 @@
-"""Base NR-IQA models, `robustify`, certified Lipschitz bounds and patch scoring."""
+"""Base NR-IQA models, `robustify`, certified Lipschitz bounds, patch scoring and presets."""
 
 from keras_robust_iqa.models.backbones import BACKBONES, backbone_iqa_model
 from keras_robust_iqa.models.lipschitz import lipschitz_bound
 from keras_robust_iqa.models.patches import patch_grid, score_images
+from keras_robust_iqa.models.presets import from_preset, list_presets, load_preset, save_to_preset
 from keras_robust_iqa.models.robustify import ACTIVATIONS as ROBUST_ACTIVATIONS
 from keras_robust_iqa.models.robustify import CONVOLUTIONS as ROBUST_CONVOLUTIONS
 from keras_robust_iqa.models.robustify import MODES as ROBUST_MODES
@@ -48,10 +49,14 @@ __all__ = [
     "ROBUST_POOLINGS",
     "backbone_iqa_model",
     "build_model",
+    "from_preset",
     "insertion_points",
     "lipschitz_bound",
+    "list_presets",
+    "load_preset",
     "patch_grid",
     "robustify",
+    "save_to_preset",
     "score_images",
     "small_iqa_cnn",
     "stage_ends",
