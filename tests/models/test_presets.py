@@ -7,6 +7,8 @@ import functools
 import importlib.util
 import json
 import pathlib
+import runpy
+import sys
 
 import numpy as np
 import pytest
@@ -130,6 +132,15 @@ def test_the_shipped_weights_reproduce_the_shipped_card():
     assert test["srocc"] == pytest.approx(card["test"]["srocc"], abs=1e-3)
     assert test["plcc"] == pytest.approx(card["test"]["plcc"], abs=1e-3)
     assert lipschitz_bound(preset.model) == pytest.approx(card["lipschitz_bound"], abs=1e-3)
+
+
+def test_recipe_script_help(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["preset_builtin.py", "--help"])
+    with pytest.raises(SystemExit) as info:
+        runpy.run_path(str(REPO_ROOT / "training" / "preset_builtin.py"), run_name="__main__")
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    assert all(option in text for option in ("--data-dir", "--run-dir", "--out", "--attack-images"))
 
 
 def test_presets_command_lists_the_cards(capsys):
