@@ -3,7 +3,7 @@
     python export/make_request.py photo.jpg [more.png ...] > request.json
     curl -d @request.json http://localhost:8501/v1/models/NAME:predict
 
-Uses the `serving_uint8` signature (RGB uint8, as decoded). One request is one
+Uses the `serving_uint8` signature (RGB uint8, as decoded, EXIF orientation applied). One request is one
 batch, so all images must have the same size; pass `--crop H W` to cut a centred
 H x W window from each. Needs only NumPy and Pillow.
 """
@@ -13,13 +13,14 @@ import json
 import sys
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 
 def request(paths, crop=None):
     images = []
     for path in paths:
-        image = np.asarray(Image.open(path).convert("RGB"))
+        with Image.open(path) as opened:  # upright and alpha dropped, as the package's decoder (docs/data.md)
+            image = np.asarray(ImageOps.exif_transpose(opened).convert("RGB"))
         if crop:
             h, w = crop
             if image.shape[0] < h or image.shape[1] < w:
