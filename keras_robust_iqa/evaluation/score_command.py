@@ -24,7 +24,8 @@ def add_parser(subparsers):
         "within it can move the score outside. Images are decoded as in training (JPEG, PNG, GIF, BMP, "
         "WebP, TIFF; EXIF orientation applied, alpha dropped). A file that cannot be read is named on "
         "stderr and in the output, and the others are still scored; the exit code is then 1 (0 with "
-        "--on-error skip). Files a folder scan skips (not an image type) are named the same way.",
+        "--on-error skip). Files a folder scan skips (not an image type) are named the same way, without "
+        "changing the exit code.",
     )
     p.add_argument("paths", nargs="+", metavar="PATH",
                    help=f"image files, folders (searched recursively for {', '.join(IMAGE_SUFFIXES)} files; "

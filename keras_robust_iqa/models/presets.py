@@ -22,6 +22,7 @@ import datetime
 import json
 import os
 import pathlib
+import shutil
 import tempfile
 from typing import NamedTuple
 
@@ -141,17 +142,14 @@ def save_to_preset(model, preset_dir, card):
         (staging / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
         if preset_dir.exists():
             old = preset_dir.with_name(f".{preset_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)  # left by an interrupted save
             os.replace(preset_dir, old)
             os.replace(staging, preset_dir)
-            for path in old.iterdir():
-                path.unlink()
-            old.rmdir()
+            shutil.rmtree(old)
         else:
             os.replace(staging, preset_dir)
     except BaseException:
-        for path in staging.glob("*"):
-            path.unlink()
-        staging.rmdir()
+        shutil.rmtree(staging, ignore_errors=True)
         raise
     return preset_dir
 
