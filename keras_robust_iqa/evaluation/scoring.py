@@ -383,7 +383,9 @@ def _table(result):
                                for i, cell in enumerate(cells)).rstrip())
     not_scored = _not_scored(result)
     if not_scored:
-        lines.append(f"# {len(not_scored)} path(s) not scored:")
+        skipped = len(result.get("skipped", []))
+        lines.append(f"# {len(result['errors'])} path(s) not scored"
+                     + (f", {skipped} file(s) skipped by the folder scan" if skipped else "") + ":")
         lines += [f"#   {entry['path']}: {entry['error']}" for entry in not_scored]
     return "\n".join(lines) + "\n"
 

@@ -175,6 +175,7 @@ def test_table_with_certified_intervals_and_unreadable_files(runs, photos, expec
     assert f"cannot score {photos / 'notes.txt'}: skipped by the folder scan" in err
     assert "1 file(s) skipped by the folder scan" in err
     # The table names them too, under the scores.
+    assert "# 3 path(s) not scored, 1 file(s) skipped by the folder scan:" in out.splitlines()
     assert [line.split(":")[0].strip("# ") for line in out.splitlines() if line.startswith("#   ")] == \
         [str(photos / name) for name in [*BAD, "notes.txt"]]
     rows = [line.split() for line in out.splitlines() if not line.startswith("#")]
