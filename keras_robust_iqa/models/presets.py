@@ -77,6 +77,11 @@ def load_preset(name_or_path):
     if path.is_file() and path.suffix == ".keras":
         model = keras.saving.load_model(path, safe_mode=True, compile=False)
         return Preset(path.stem, path, model, {"patch_size": model.input_shape[1], "mos_range": [0.0, 1.0]})
+    if path.suffix in (".tflite", ".onnx") or (path / "saved_model.pb").is_file():
+        # An export takes whole images and answers on the MOS scale on its own runtime: it is
+        # no Keras model, so it is run, not loaded here.
+        raise ValueError(f"{text!r} is an exported model, not a Keras model: score with it through "
+                         f"`robust-iqa score --model {text}` or `deployment.runtimes.load_runtime(format, path)`.")
     names = ", ".join(list_presets()) or "none"
     raise FileNotFoundError(
         f"{text!r} is neither a preset (registered: {names}), a preset folder ({CONFIG_FILE}, {WEIGHTS_FILE}, "

@@ -117,6 +117,10 @@ def test_from_preset_round_trips_a_run_folder_a_keras_file_and_the_bundled_prese
         save_to_preset(copy.model, tmp_path / "bad", {"patch_size": 64})
     with pytest.raises(FileNotFoundError, match="'nope' is neither a preset"):
         from_preset("nope")
+    # An export is run on its runtime, not loaded as a Keras model: the error says where to go.
+    (tmp_path / "robust.float32.tflite").write_bytes(b"TFL3")
+    with pytest.raises(ValueError, match="is an exported model.*robust-iqa score --model"):
+        from_preset(tmp_path / "robust.float32.tflite")
 
 
 def test_the_shipped_weights_reproduce_the_shipped_card():
