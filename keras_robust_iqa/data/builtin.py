@@ -180,6 +180,73 @@ DISTORTIONS = {
 }
 
 
+def draw_distortion(pristine: np.ndarray, colour: bool, rng: np.random.Generator,
+                    weights=None) -> tuple[np.ndarray, float, str]:
+    """A new distorted version of a pristine crop at a continuous level, labelled like the set.
+
+    The distortion is drawn uniformly from ``DISTORTIONS`` (``saturation`` for colour crops
+    only), or the crop is left pristine with the share pristine crops have in the stored set
+    (one in ``1 + 5 * len(distortions)``). The level ``u`` is uniform in [0, 4] on the
+    index of the five stored levels, interpolated geometrically between neighbours
+    (``l[i] ** (1 - f) * l[i + 1] ** f``), so the stored levels are the points ``u = 0..4``
+    and every strength between them is drawn as often; the pixelation factor is rounded.
+
+    Args:
+        pristine: ``(h, w, 3)`` uint8, a pristine crop as stored.
+        colour: whether the crop has colour (gray crops get no ``saturation``).
+        rng: the only randomness: the draw, and the noise of ``noise`` / ``saltpepper``.
+        weights: MS-SSIM power factors (default: those that fit the crop's size).
+
+    Returns:
+        ``(image, mos, distortion)``: the distorted crop as its stored 8-bit pixels in
+        float32 [0, 1], its MOS (``msssim_to_mos`` of the MS-SSIM to the crop, 100 when
+        pristine) and the distortion's name (``"pristine"`` when none).
+    """
+    names = [name for name, (_, _, colour_only) in DISTORTIONS.items() if colour or not colour_only]
+    ref01 = pristine.astype(np.float64) / 255.0
+    choice = int(rng.integers(1 + 5 * len(names)))
+    if choice >= len(names) * 5:
+        return (ref01.astype(np.float32), 100.0, "pristine")
+    name = names[choice // 5]
+    levels = DISTORTIONS[name][1]
+    u = rng.uniform(0.0, len(levels) - 1)
+    i = min(int(u), len(levels) - 2)
+    level = levels[i] ** (1.0 - (u - i)) * levels[i + 1] ** (u - i)
+    if name == "pixelate":
+        level = max(2, int(round(level)))
+    return (*distort(pristine, name, level, rng, weights), name)
+
+
+def distort(pristine: np.ndarray, name: str, level, rng: np.random.Generator, weights=None) -> tuple[np.ndarray, float]:
+    """``pristine`` (uint8) under distortion ``name`` at ``level``: its stored 8-bit pixels in
+    float32 [0, 1] and its MOS, computed as the stored set's (``_build_source``) are."""
+    fn = DISTORTIONS[name][0]
+    ref01 = pristine.astype(np.float64) / 255.0
+    stored = _u8(np.clip(fn(ref01, level, rng), 0.0, 1.0)).astype(np.float32) / np.float32(255.0)
+    if weights is None:
+        weights = msssim_weights(*pristine.shape[:2])
+    mos = float(msssim_to_mos(ms_ssim(stored[None], ref01.astype(np.float32), weights))[0])
+    return stored, mos
+
+
+def pristine_crops(table: IQATable) -> tuple[np.ndarray, np.ndarray]:
+    """The pristine crops of a built-in table, ``(N, h, w, 3)`` uint8, and whether each has colour.
+
+    Raises:
+        ValueError: naming the table, when it has no distortion column or no pristine row.
+    """
+    if table.distortions is None or not np.any(table.distortions == "pristine"):
+        raise ValueError(f"{table.name}: fresh distortions need the built-in dataset's pristine crops "
+                         f"(rows whose distortion is 'pristine'); this table has none.")
+    crops = []
+    for i in np.flatnonzero(table.distortions == "pristine"):
+        with Image.open(table.absolute_path(int(i))) as im:
+            crops.append(np.asarray(im.convert("RGB")))
+    crops = np.stack(crops)
+    colour = np.any(crops[..., 0] != crops[..., 1], axis=(1, 2)) | np.any(crops[..., 1] != crops[..., 2], axis=(1, 2))
+    return crops, colour
+
+
 # --------------------------------------------------------------------------- MS-SSIM
 
 

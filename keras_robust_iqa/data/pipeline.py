@@ -122,7 +122,7 @@ def _check_min(table: IQATable, sizes: np.ndarray, hw: tuple[int, int], what: st
 def make_dataset(table: IQATable, split: str | None, *, patch_size=64, batch_size: int = 16,
                  training: bool, patches_per_image: int = 1, crop_size=None, seed: int = 0,
                  augment: str | None = None, shuffle: bool | None = None,
-                 cache: bool | str = True) -> tf.data.Dataset:
+                 cache: bool | str = True, fresh_distortions: bool = False) -> tf.data.Dataset:
     """Batches of ``(images (B, h, w, 3) float32 in [0, 1], mos01 (B,) float32)``.
 
     Args:
@@ -142,6 +142,12 @@ def make_dataset(table: IQATable, split: str | None, *, patch_size=64, batch_siz
         cache: ``True`` keeps the encoded files in memory after the first epoch (decoding
             still runs per epoch: decoded KonIQ would not fit in memory); a string is a
             file prefix for an on-disk cache; ``False`` re-reads the files every epoch.
+        fresh_distortions: training on the built-in dataset only. Instead of its stored
+            images, each epoch draws as many new ones from the split's pristine crops: a
+            distortion and a continuous level per image, labelled by its MS-SSIM like the
+            stored set (``builtin.draw_distortion``), so no image is seen twice. The draws
+            are fixed by ``seed`` and differ each epoch. Validation and test keep the
+            stored images.
     """
     if split is not None:
         table = table.subset(split)
@@ -176,16 +182,24 @@ def make_dataset(table: IQATable, split: str | None, *, patch_size=64, batch_siz
                 f"{table.absolute_path(i)} is {sizes[i, 1]}x{sizes[i, 0]}), so full images "
                 f"cannot be batched: pass crop_size=... or batch_size=1")
 
-    paths = tf.constant(table.absolute_paths())
-    mos01 = tf.constant(table.normalize(table.mos).astype(np.float32))
     n = len(table)
     auto = tf.data.AUTOTUNE
-    ds = tf.data.Dataset.from_tensor_slices((paths, mos01))
+    if fresh_distortions:
+        if not training:
+            raise ValueError("fresh_distortions=True draws training images: it needs training=True "
+                             "(validation and test keep the stored images).")
+        ds = _fresh_distortions(table, seed).take(n)
+    else:
+        paths = tf.constant(table.absolute_paths())
+        mos01 = tf.constant(table.normalize(table.mos).astype(np.float32))
+        ds = tf.data.Dataset.from_tensor_slices((paths, mos01))
 
     def read(path, y):
         return tf.io.read_file(path), y
 
-    if cache:
+    if fresh_distortions:
+        pass  # drawn in a new random order each epoch: nothing to read, cache or shuffle
+    elif cache:
         # Cache the file bytes in file order, then shuffle them: each epoch a new order.
         ds = ds.map(read, num_parallel_calls=auto, deterministic=True)
         ds = ds.cache() if cache is True else ds.cache(str(cache))
@@ -204,8 +218,8 @@ def make_dataset(table: IQATable, split: str | None, *, patch_size=64, batch_siz
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
 
         def crops(item, crop_seed):
-            contents, y = item
-            img = decode_image(contents)
+            image_or_contents, y = item
+            img = image_or_contents if fresh_distortions else decode_image(image_or_contents)
             sub_seeds = tf.random.experimental.stateless_split(crop_seed, k)
             patches = tf.stack([tf.image.stateless_random_crop(img, [ph, pw, 3], sub_seeds[j])
                                 for j in range(k)])
@@ -240,6 +254,33 @@ def make_dataset(table: IQATable, split: str | None, *, patch_size=64, batch_siz
 
 
 AUGMENTATIONS = (None, "flip", "dihedral")
+
+
+def _fresh_distortions(table: IQATable, seed: int) -> tf.data.Dataset:
+    """An endless dataset of ``(image, mos01)`` drawn by ``builtin.draw_distortion``.
+
+    Each element gets its own seed from a seeded stream that differs each epoch, so the
+    draws do not depend on thread timing; the NumPy / SciPy / Pillow work runs in parallel
+    calls (it releases the GIL for most of its time).
+    """
+    from .builtin import draw_distortion, msssim_weights, pristine_crops
+
+    crops, colour = pristine_crops(table)
+    weights = msssim_weights(*crops.shape[1:3])
+    low, high = table.mos_range
+
+    def draw(element_seed):
+        rng = np.random.default_rng(np.asarray(element_seed).astype(np.uint64).tolist())
+        k = int(rng.integers(len(crops)))
+        image, mos, _ = draw_distortion(crops[k], bool(colour[k]), rng, weights)
+        return image, np.float32((mos - low) / (high - low))
+
+    def sample(element_seed):
+        image, y = tf.numpy_function(draw, [element_seed], (tf.float32, tf.float32), stateful=False)
+        return tf.ensure_shape(image, crops.shape[1:]), tf.ensure_shape(y, [])
+
+    seeds = tf.data.Dataset.random(seed=seed + 2, rerandomize_each_iteration=True).batch(2)
+    return seeds.map(sample, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def _augment(patches, augment, seed):

@@ -67,6 +67,11 @@ def add_parser(subparsers):
                    help="random symmetries of the training patches: flip (left-right), dihedral "
                    "(flips and transposes: the 8 symmetries of a square, for distortions with no "
                    f"orientation, as in the built-in set) (default: {d.augment or 'none'})")
+    p.add_argument("--fresh-distortions", action="store_true",
+                   help="built-in dataset only: each epoch, train on as many new images drawn from the "
+                   "training photographs' pristine crops (a random distortion at a continuous level, "
+                   "labelled by its MS-SSIM like the stored set) instead of the stored ones; validation "
+                   "and test keep the stored images (default: off)")
     p.add_argument("--learning-rate", type=float, default=d.learning_rate, help=f"Adam learning rate (default: {d.learning_rate})")
     p.add_argument("--lr-schedule", default=d.lr_schedule, choices=LR_SCHEDULES,
                    help=f"learning-rate schedule: cosine decays it to 5%% over all epochs, constant keeps it "
@@ -121,7 +126,8 @@ def run(args):
         distill_from=args.distill_from, distill_weight=args.distill_weight, epochs=args.epochs,
         batch_size=args.batch_size, patch_size=args.patch_size,
         patches_per_image=args.patches_per_image,
-        augment=None if args.augment == "none" else args.augment, learning_rate=args.learning_rate,
+        augment=None if args.augment == "none" else args.augment, fresh_distortions=args.fresh_distortions,
+        learning_rate=args.learning_rate,
         lr_schedule=args.lr_schedule, ema=args.ema,
         loss=args.loss, patience=args.patience, seed=args.seed, strategy=args.strategy,
         defense=args.defense, defense_eps=args.defense_eps, nt_lambda=args.nt_lambda, nt_h=args.nt_h,

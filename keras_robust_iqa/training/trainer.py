@@ -75,6 +75,9 @@ class TrainConfig:
     patches_per_image: int = 4
     # Random flips of the training patches (data.make_dataset's `augment`).
     augment: str | None = None
+    # Built-in dataset only: new distortions at continuous levels each epoch instead of the
+    # stored training images (data.make_dataset's `fresh_distortions`).
+    fresh_distortions: bool = False
     learning_rate: float = 1e-3
     # cosine: decay to 5 % of learning_rate over all epochs; the last epochs, at a small
     # rate, settle the weights (and BatchNorm statistics) that the checkpoint keeps.
@@ -118,6 +121,9 @@ class TrainConfig:
         if self.robust_channel_gains and self.robust != "replace":
             raise ValueError(f"--robust-channel-gains needs --robust replace (insert's blocks are "
                              f"orthogonal), got --robust {self.robust}.")
+        if self.fresh_distortions and self.dataset != "builtin":
+            raise ValueError(f"--fresh-distortions draws from the built-in dataset's pristine crops; "
+                             f"--dataset {self.dataset} has none.")
         if self.augment not in iqa_data.AUGMENTATIONS:
             raise ValueError(f"--augment must be one of {iqa_data.AUGMENTATIONS[1:]} or none, got {self.augment!r}.")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -229,7 +235,7 @@ def load_datasets(config):
     train_ds = iqa_data.make_dataset(
         table, "train", patch_size=config.patch_size, batch_size=config.batch_size,
         training=True, patches_per_image=config.patches_per_image, seed=config.seed,
-        augment=config.augment,
+        augment=config.augment, fresh_distortions=config.fresh_distortions,
     )
     val_ds = iqa_data.make_dataset(
         table, "val", patch_size=config.patch_size, batch_size=config.batch_size,

@@ -216,3 +216,67 @@ def test_bad_size(tmp_path):
         B.ensure_builtin(tmp_path, size=16)
     with pytest.raises(ValueError, match="size"):
         B.ensure_builtin(tmp_path, size=64.0)
+
+
+# --------------------------------------------------------------------------- fresh distortions
+
+
+def test_distort_at_a_stored_level_reproduces_the_stored_image_and_label(builtin_table):
+    train = builtin_table.subset("train")
+    crops, colour = B.pristine_crops(train)
+    pristine_rows = np.flatnonzero(train.distortions == "pristine")
+    assert len(crops) == len(pristine_rows) and colour.any() and not colour.all()
+    prefix = train.paths[pristine_rows[0]].removesuffix("pristine_0.png")
+    # The deterministic distortions (noise draws depend on the build's own generator).
+    for name in ("blur", "jpeg", "jpeg2000", "contrast", "pixelate", "gamma"):
+        for level_index in (1, 4):
+            row = train.paths.index(f"{prefix}{name}_{level_index + 1}.png")
+            image, mos = B.distort(crops[0], name, B.DISTORTIONS[name][1][level_index], np.random.default_rng(0))
+            stored = np.asarray(B.Image.open(train.absolute_path(row)).convert("RGB"), np.float32) / 255
+            np.testing.assert_array_equal(image, stored)
+            assert mos == pytest.approx(train.mos[row], abs=1e-3), (name, level_index)
+
+
+def test_draw_distortion_covers_every_type_between_the_stored_levels(builtin_table):
+    crops, colour = B.pristine_crops(builtin_table.subset("train"))
+    k_colour, k_gray = int(np.argmax(colour)), int(np.argmin(colour))
+    rng = np.random.default_rng(0)
+    draws = [B.draw_distortion(crops[k], bool(colour[k]), rng) for k in [k_colour, k_gray] * 150]
+    names = [name for _, _, name in draws]
+    assert set(names[0::2]) == {"pristine", *B.DISTORTIONS}
+    assert "saturation" not in names[1::2]  # a gray crop has no colour to saturate
+    mos = np.array([m for _, m, _ in draws])
+    assert all(m == 100.0 for m, name in zip(mos, names) if name == "pristine")
+    distorted = mos[[name != "pristine" for name in names]]
+    assert 0 <= distorted.min() and distorted.max() < 100
+    # Continuous levels: no two draws of a smooth distortion share a label (the stored set
+    # has 5 per crop and type). JPEG quality and the pixelation factor are integers, and at
+    # this test's 64 px JPEG 2000's strongest rates give one codestream and contrast steps
+    # can round to the same 8-bit image.
+    smooth = [m for m, name in zip(mos, names) if name in ("blur", "noise", "gamma", "saltpepper", "saturation")]
+    assert len(smooth) > 100 and len(np.unique(smooth)) == len(smooth)
+    with pytest.raises(ValueError, match="builtin: fresh distortions need .* pristine"):
+        B.pristine_crops(builtin_table.subset("train")._select(builtin_table.subset("train").distortions != "pristine"))
+
+
+def test_make_dataset_draws_new_training_images_each_epoch(builtin_table):
+    from keras_robust_iqa.data import make_dataset
+
+    train = builtin_table.subset("train")
+
+    def epochs(seed, count):
+        ds = make_dataset(train, None, patch_size=32, batch_size=64, training=True, patches_per_image=2,
+                          fresh_distortions=True, seed=seed)
+        return [np.concatenate([y.numpy() for _, y in ds]) for _ in range(count)], ds
+
+    (first, second), ds = epochs(0, 2)
+    images, y = next(iter(ds))
+    assert images.shape == (64, 32, 32, 3) and y.shape == (64,)
+    assert len(first) == len(second) == 2 * len(train)  # the stored split's size, per epoch
+    assert 0 <= first.min() and first.max() <= 1
+    assert not np.array_equal(np.sort(first), np.sort(second))  # new images, not a new order
+    # Continuous levels: two epochs hold more distinct labels than the stored split.
+    assert len(np.unique(np.concatenate([first, second]))) > len(np.unique(train.mos))
+    np.testing.assert_array_equal(epochs(0, 1)[0][0], first)  # fixed by the seed
+    with pytest.raises(ValueError, match="needs training=True"):
+        make_dataset(train, None, patch_size=32, training=False, fresh_distortions=True)

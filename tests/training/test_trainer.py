@@ -454,6 +454,12 @@ def test_bad_config_values_name_the_option(option, value, flag, tmp_path):
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
+def test_fresh_distortions_need_the_builtin_dataset(tmp_path):
+    with pytest.raises(ValueError, match="^--fresh-distortions draws from the built-in .* --dataset koniq10k"):
+        train(TrainConfig(dataset="koniq10k", fresh_distortions=True), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_width_needs_the_small_model(tmp_path):
     with pytest.raises(ValueError, match="^--width 2 needs --model small .* --model resnet50"):
         train(TrainConfig(model="resnet50", width=2), tmp_path / "run")
