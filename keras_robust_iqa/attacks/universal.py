@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_robust_iqa.attacks.generators import generate, unet_generator
+from keras_robust_iqa.attacks.generators import GENERATOR_LEARNING_RATE, generate, unet_generator
 from keras_robust_iqa.attacks.loop import check_budget, run_batches, train_perturbation
 
 UAP_VARIANTS = ("plain", "cumulative", "generative")
@@ -51,7 +51,7 @@ def train_uap(model, train_images, *, variant="plain", size=256, clip=0.1, epoch
             `step_size` (of the clip) accumulated over the batches, clipped
             likewise; `"generative"`: a small U-Net turns fixed noise into
             `clip * tanh(...)`, its weights trained with Adam (`learning_rate`,
-            default 1e-3).
+            default 1e-2, FACPA's).
         size: side of the square perturbation, tiled over larger images.
         clip: L-inf bound of the perturbation while training: train at the
             budget it is applied at (`uap` does).
@@ -75,7 +75,7 @@ def train_uap(model, train_images, *, variant="plain", size=256, clip=0.1, epoch
     clip = check_budget(clip, "clip")
     step_size = check_budget(step_size, "step_size")
     if learning_rate is None:
-        learning_rate = 1e-3 if variant == "generative" else 0.1
+        learning_rate = GENERATOR_LEARNING_RATE if variant == "generative" else 0.1
     learning_rate = check_budget(learning_rate, "learning_rate")
     channels = np.shape(train_images[0])[-1]
 

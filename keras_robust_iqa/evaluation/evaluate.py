@@ -43,7 +43,7 @@ def attack_key(name, eps, norm="linf"):
 
 def evaluate_model(model, images, mos, *, attacks=None, eps=(4 / 255,), l2_eps=(1.0,),
                    train_images=None, transfer_source=None, distortions=None, strength=(), learn_options=None,
-                   batch_size=8, seed=0, verbose=1):
+                   crafted=None, batch_size=8, seed=0, verbose=1):
     """Clean accuracy, then every attack at every budget, scored.
 
     Args:
@@ -65,6 +65,10 @@ def evaluate_model(model, images, mos, *, attacks=None, eps=(4 / 255,), l2_eps=(
             run's) and `converged` (the ratio at least `strength.CONVERGED`).
         learn_options: keyword arguments for `train_uap` / `train_facpa` (e.g.
             `{"seconds": 30}`), for the learned attacks and their strength check.
+        crafted: a dict shared by calls on the same `images`: the transfer
+            attack's images, crafted once per source model and budget (the
+            source does not depend on the attacked model). Its `seconds` is
+            then the first call's.
 
     Returns:
         `(entry, details)`: the model's `report.json` entry and, per attack key,
@@ -117,9 +121,15 @@ def evaluate_model(model, images, mos, *, attacks=None, eps=(4 / 255,), l2_eps=(
         for budget in sorted(l2_eps if norm == "l2" else eps):
             if verbose:
                 print(f"{model.name}: {name} at eps {eps_label(budget, norm)}")
-            start = time.perf_counter()
-            adversarial = attack(model, images, budget, **settings)
-            seconds = time.perf_counter() - start
+            reuse = (id(transfer_source), budget) if name == "transfer" and crafted is not None else None
+            if reuse in (crafted or {}):
+                adversarial, seconds = crafted[reuse]
+            else:
+                start = time.perf_counter()
+                adversarial = attack(model, images, budget, **settings)
+                seconds = time.perf_counter() - start
+                if reuse is not None:
+                    crafted[reuse] = adversarial, seconds
             attacked = score_images(model, adversarial)
             result = {"attack": name, "norm": norm, "eps": float(budget)}
             result |= robustness_scores(clean, attacked)

@@ -33,8 +33,8 @@ def _positive(value, name):
 
 
 def evaluate_runs(runs, out, *, attacks=None, eps=(4 / 255,), l2_eps=(1.0,), images=None, train_images=64,
-                  transfer_source=None, label_gain=False, frontier=None, strength=(), learn_options=None,
-                  examples=True, batch_size=8, seed=0, verbose=1):
+                  transfer_source=None, label_gain=False, label_images=None, frontier=None, strength=(),
+                  learn_options=None, examples=True, batch_size=8, seed=0, verbose=1):
     """Attack each run's model on its test split; write `report.json`, `report.md` and plots into `out`.
 
     Args:
@@ -46,8 +46,12 @@ def evaluate_runs(runs, out, *, attacks=None, eps=(4 / 255,), l2_eps=(1.0,), ima
         transfer_source: the run whose model crafts transferred perturbations;
             default, for each model, the first other run.
         label_gain: also attack the built-in dataset's labels themselves
-            (`evaluation.label_gain`) on the same test images, with the attacks
-            of `LABEL_ATTACKS` at the same budgets: `report["labels"]`.
+            (`evaluation.label_gain`) on the same test images (or
+            `label_images` of them), with the attacks named (a list; True: all)
+            among those of `LABEL_ATTACKS`, at the same budgets: `report["labels"]`.
+        label_images: attack the labels of this many evenly spaced test images
+            only (default: `images`); each reference photograph costs the label
+            attack a compiled graph of its own.
         frontier: `(attack, eps)` of the accuracy-robustness frontier
             (`evaluation.build_frontier`: each model's test SROCC from its run's
             `metrics.json` against its gain, seeds grouped, the gain-to-labels
@@ -71,6 +75,7 @@ def evaluate_runs(runs, out, *, attacks=None, eps=(4 / 255,), l2_eps=(1.0,), ima
     if not runs:
         raise ValueError("Give at least one run folder.")
     _positive(images, "images")
+    _positive(label_images, "label_images")
     _positive(train_images, "train_images")
     _positive(batch_size, "batch_size")
     has_source = transfer_source is not None or len(runs) > 1
@@ -95,27 +100,30 @@ def evaluate_runs(runs, out, *, attacks=None, eps=(4 / 255,), l2_eps=(1.0,), ima
         config = configs[run]
         key = _split_key(config)
         if key not in splits:
-            splits[key] = _load_split(*key, images, train_images if set(attacks) & set(LEARNED) else None)
-        test_images, mos, distortions, train = splits[key]
+            splits[key] = _load_split(*key, images, train_images if set(attacks) & set(LEARNED) else None), {}
+        (test_images, mos, distortions, train), crafted = splits[key]
         source = source_model or next((models[other] for other in runs if other != run), None)
         entry, details[names[run]] = evaluate_model(
             models[run], test_images, mos, attacks=attacks, eps=eps, l2_eps=l2_eps, train_images=train,
             transfer_source=source, distortions=distortions, strength=strength, learn_options=learn_options,
-            batch_size=batch_size, seed=seed, verbose=verbose,
+            crafted=crafted, batch_size=batch_size, seed=seed, verbose=verbose,
         )
         report["models"][names[run]] = {"run": run, **entry}
     for warning in not_converged(report):
         print(f"WARNING: {warning}")
     if label_gain:
-        report["labels"] = _label_gains(builtin_dirs[0], attacks, eps, l2_eps, images, batch_size, verbose)
+        label_images = images if label_images is None else min(label_images, images or label_images)
+        on_labels = attacks if label_gain is True else [name for name in attacks if name in label_gain]
+        report["labels"] = _label_gains(builtin_dirs[0], on_labels, eps, l2_eps, label_images, batch_size, verbose)
     if frontier is not None:
         test_srocc = {names[run]: _test_srocc(run) for run in runs}
         report["frontier"] = build_frontier(report, *frontier, test_srocc=test_srocc)
     pictured = example_attack(attacks, eps, l2_eps) if examples else None
     if pictured is not None:
         shown = _example_models(runs, models, configs)
-        pictured = attack_examples({names[run]: models[run] for run in shown}, splits[_split_key(configs[runs[0]])][0],
-                                   *pictured, batch_size=batch_size)
+        (test_images, *_), _ = splits[_split_key(configs[runs[0]])]
+        pictured = attack_examples({names[run]: models[run] for run in shown}, test_images, *pictured,
+                                   batch_size=batch_size)
     write_report(report, out, details, pictured)
     if verbose:
         print(markdown_table(report))

@@ -21,6 +21,7 @@ import inspect
 import numpy as np
 
 from keras_robust_iqa import attacks as iqa_attacks
+from keras_robust_iqa.attacks.generators import GENERATOR_LEARNING_RATE
 from keras_robust_iqa.models.patches import score_images
 
 LONGER = 8
@@ -52,7 +53,7 @@ def stronger_training(name, options=None):
     else:
         rate = options.get("learning_rate", _default(train, "learning_rate"))
         if rate is None:  # train_uap's per-variant default
-            rate = 1e-3 if name == "generative_uap" else 0.1
+            rate = GENERATOR_LEARNING_RATE if name == "generative_uap" else 0.1
         stronger["learning_rate"] = FASTER * rate
     return stronger
 

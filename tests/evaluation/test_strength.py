@@ -1,4 +1,5 @@
-"""The strength check (an attack against itself run longer) and the picture of an attack."""
+"""The strength check (an attack against itself run longer), the transfer attack crafted once for
+every model, and the picture of an attack."""
 
 import keras
 import numpy as np
@@ -28,10 +29,10 @@ def linear():
 def test_stronger_versions_run_longer_and_faster():
     uap = strength.stronger_training("uap")
     assert (uap["epochs"], uap["patience"], uap["learning_rate"]) == (8 * 40, 8 * 3, pytest.approx(1.0))
-    assert strength.stronger_training("generative_uap")["learning_rate"] == pytest.approx(1e-2)
+    assert strength.stronger_training("generative_uap")["learning_rate"] == pytest.approx(0.1)
     assert strength.stronger_training("cumulative_uap", {"step_size": 0.05})["step_size"] == pytest.approx(0.5)
     facpa = strength.stronger_training("facpa", {"epochs": 5, "patience": None, "seconds": 2.0})
-    assert facpa == {"epochs": 40, "patience": None, "seconds": 16.0, "learning_rate": pytest.approx(1e-2)}
+    assert facpa == {"epochs": 40, "patience": None, "seconds": 16.0, "learning_rate": pytest.approx(0.1)}
     attack, settings, restarts = strength.stronger_attack("ifgsm", EPS)
     assert attack is attacks.ifgsm and settings["steps"] == 40 and settings["random_start"] and restarts == 3
     assert strength.stronger_attack("fgsm", EPS)[1]["step_size"] == pytest.approx(EPS / 10)
@@ -49,6 +50,19 @@ def test_a_converged_attack_has_a_ratio_of_one(linear):
         assert result["stronger_gain_raw"] == pytest.approx(result["abs_gain_raw"], rel=1e-3)
     with pytest.raises(ValueError, match="strength.*square"):
         evaluation.evaluate_model(model, images, np.zeros(4), attacks=["fgsm"], strength=["square"], verbose=0)
+
+
+def test_the_transfer_attack_is_crafted_once_per_source_and_budget(linear):
+    source, images = linear
+    other = keras.models.clone_model(source)
+    other.set_weights([w * 0.5 for w in source.get_weights()])  # half the score, the same gradient direction
+    crafted, gains = {}, []
+    for model in (source, other):
+        entry, _ = evaluation.evaluate_model(model, images, np.linspace(0, 1, len(images)), attacks=["transfer"],
+                                             eps=(EPS, 2 * EPS), transfer_source=source, crafted=crafted, verbose=0)
+        gains.append(entry["attacks"]["transfer@4/255"]["abs_gain_raw"])
+    assert sorted(budget for _, budget in crafted) == [EPS, 2 * EPS]
+    assert gains[1] == pytest.approx(gains[0] / 2, rel=1e-4)  # the same images, scored by half the model
 
 
 def test_an_attack_short_of_its_longer_run_is_flagged():
