@@ -69,7 +69,8 @@ def test_evaluate_command_writes_the_report(runs, tmp_path, capsys):
 def test_evaluate_command_reports_the_labels_own_gain(runs, tmp_path):
     out = tmp_path / "report"
     code = cli.main(["evaluate", "--run", runs[0], "--attacks", "ifgsm,uap,pgd_l2", "--eps", "4/255",
-                     "--l2-eps", "0.5", "--images", "3", "--train-images", "2", "--label-gain", "--out", str(out)])
+                     "--l2-eps", "0.5", "--images", "3", "--train-images", "2", "--learn-seconds", "0.1",
+                     "--label-gain", "--out", str(out)])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     labels = report["labels"]
