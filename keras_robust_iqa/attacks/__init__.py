@@ -35,7 +35,7 @@ ATTACKS = {
 L2_ATTACKS = ("pgd_l2",)
 
 __all__ = [
-    "ATTACKS", "FACPA_MSU_SETTINGS", "L2_ATTACKS", "UAP_MSU_SETTINGS", "UAP_VARIANTS", "amifgsm", "cumulative_uap", "facpa", "fgsm", "generative_uap",
-    "ifgsm", "image_score_fn", "korhonen", "mifgsm", "pgd_l2", "sobel_mask", "square", "train_facpa",
-    "train_uap", "transfer", "uap", "unet_generator",
+    "ATTACKS", "FACPA_MSU_SETTINGS", "L2_ATTACKS", "UAP_MSU_SETTINGS", "UAP_VARIANTS", "amifgsm", "cumulative_uap",
+    "facpa", "fgsm", "generative_uap", "ifgsm", "image_score_fn", "korhonen", "mifgsm", "pgd_l2", "sobel_mask",
+    "square", "train_facpa", "train_uap", "transfer", "uap", "unet_generator",
 ]
