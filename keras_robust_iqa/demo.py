@@ -30,7 +30,16 @@ ROBUST_LR = 1e-4  # the insert model starts from the trained base: fine-tune gen
 # PLCC lets the scale, and with it the gain, grow), and ReLU exports as fast as the base.
 REPLACE_RECIPE = dict(robust_activation="relu", loss="mse", learning_rate=3e-3)
 EVAL_EPS = (4 / 255, 8 / 255)
-UAP_TRAIN_IMAGES = 32  # training images the UAP learns on (evaluate's default: 64)
+# Sized for the 15 minutes (docs/experiments.md: what each costs):
+EVAL_IMAGES = 24  # evenly spaced test images attacked
+UAP_TRAIN_IMAGES = 16  # training images the UAP and FACPA learn on (evaluate's default: 64)
+# The learned attacks' budget in epochs, not seconds, so the demo's figures do not depend on the
+# machine: 32 steps, where a UAP reaches about 0.9 of its gain at the defaults (FACPA stops sooner).
+LEARN_EPOCHS = 16
+# The labels' own gain, for the summary's attack only, on fewer images: the attack on the labels
+# compiles a graph per reference photograph.
+LABEL_ATTACKS = ("ifgsm",)
+LABEL_IMAGES = 12
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,8 +60,11 @@ class DemoSettings:
     patches_per_image: int = 4
     prune_fraction: float = 0.3
     finetune_epochs: int = 2
-    attacks: tuple = ("fgsm", "ifgsm", "uap", "transfer")
-    eval_images: int = 12
+    attacks: tuple = ("fgsm", "ifgsm", "uap", "facpa", "transfer")
+    eval_images: int = EVAL_IMAGES
+    # Attacks also run much longer, their gain's ratio to it reported (`evaluate --strength`);
+    # none by default: the learned attacks' check costs more than the demo's 15 minutes allow.
+    strength: tuple = ()
     seed: int = 0
 
     @classmethod
@@ -62,14 +74,18 @@ class DemoSettings:
                       "attacks": ("ifgsm", "uap"), "eval_images": 4, **overrides})
 
 
-def parse_attacks(text):
-    """`--attacks`: comma-separated names, or `all`; unknown names are refused here, before any training."""
+def parse_attacks(text, flag="--attacks", among=None):
+    """`--attacks`: comma-separated names, or `all`; unknown names are refused here, before any training.
+
+    `among`: the names allowed (default: every attack), e.g. the attacks `--strength` may check.
+    """
     from keras_robust_iqa.attacks import ATTACKS
 
-    names = tuple(ATTACKS) if text.strip() == "all" else tuple(n.strip() for n in text.split(",") if n.strip())
-    unknown = [n for n in names if n not in ATTACKS]
+    among = tuple(ATTACKS) if among is None else tuple(among)
+    names = among if text.strip() == "all" else tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in among]
     if unknown or not names:
-        raise ValueError(f"--attacks: unknown attack(s) {unknown or text!r}; choose from {sorted(ATTACKS)} or all.")
+        raise ValueError(f"{flag}: unknown attack(s) {unknown or text!r}; choose from {sorted(among)} or all.")
     return names
 
 
@@ -153,7 +169,10 @@ def run(out="runs/demo", settings=None, verbose="auto"):
             # On the built-in set the labels are a function of the image: attack them too.
             evaluate_runs(model_runs, evaluation, attacks=list(settings.attacks), eps=EVAL_EPS,
                           images=settings.eval_images, train_images=UAP_TRAIN_IMAGES,
-                          label_gain=settings.dataset == "builtin", seed=settings.seed,
+                          strength=list(settings.strength),
+                          learn_options={"epochs": LEARN_EPOCHS},
+                          label_gain=LABEL_ATTACKS if settings.dataset == "builtin" else False,
+                          label_images=LABEL_IMAGES, seed=settings.seed,
                           verbose=0 if verbose == 0 else 1)
 
     export = out / "export"
@@ -384,9 +403,11 @@ def _what_was_measured(report):
     models = report["models"].values()
     tested = max(m["test"].get("images", 0) for m in models)
     attacked = max(m.get("attacked_images") or 0 for m in models)
+    labels = [entry["images"] for entry in (report.get("labels") or {}).values()]
+    on_labels = f" The labels' own gain: {max(labels)} evenly spaced test images." if labels else ""
     return (f"Test SROCC and PLCC: every test image ({tested}), scored by patch averaging. Attacks: "
             f"{attacked} evenly spaced test images; the `clean` rows below are their correlations. "
-            "Gain (MOS 0..1): mean score increase on the normalised MOS scale the models predict.")
+            "Gain (MOS 0..1): mean score increase on the normalised MOS scale the models predict." + on_labels)
 
 
 def report_markdown(report):
@@ -417,6 +438,7 @@ def report_markdown(report):
         "",
         markdown_table(evaluation).replace("# Adversarial robustness report", "## Every attack"),
         "",
-        "Plots: `gain_vs_eps.png`, `clean_vs_attacked.png` and, when I-FGSM at 4/255 ran, `frontier.png`.",
+        "Plots: `gain_vs_eps.png`, `clean_vs_attacked.png`, `attack_examples.png` (a few test images, clean and "
+        "attacked, base and `replace` side by side) and, when I-FGSM at 4/255 ran, `frontier.png`.",
         "",
     ])

@@ -38,6 +38,10 @@ def add_parser(subparsers):
     p.add_argument("--attacks",
                    help=f"comma-separated attacks for the evaluate stage (default: {','.join(d.attacks)}; "
                    "all: every attack of robust-iqa evaluate)")
+    p.add_argument("--strength", metavar="ATTACKS",
+                   help="comma-separated attacks (among --attacks, or all) also run much longer in the evaluate "
+                   "stage, their gain's ratio to it reported (robust-iqa evaluate --strength); the learned "
+                   "attacks' check adds minutes per model (default: none)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default: {d.seed})")
     p.add_argument("--quick", action="store_true",
                    help="a smoke test: one short epoch per model, 4 images, 2 attacks (the other flags still apply)")
@@ -60,6 +64,9 @@ def run(args):
         overrides["replace_width"] = args.replace_width
     if args.attacks:
         overrides["attacks"] = demo.parse_attacks(args.attacks)
+    if args.strength:
+        attacks = overrides.get("attacks", (demo.DemoSettings.quick() if args.quick else demo.DemoSettings()).attacks)
+        overrides["strength"] = demo.parse_attacks(args.strength, "--strength", among=attacks)
     overrides |= {"dataset": args.dataset, "data_dir": args.data_dir, "model": args.model, "seed": args.seed,
                   "weights": args.weights}
     settings = demo.DemoSettings.quick(**overrides) if args.quick else demo.DemoSettings(**overrides)

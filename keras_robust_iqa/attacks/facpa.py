@@ -8,12 +8,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_robust_iqa.attacks.generators import generate, unet_generator
+from keras_robust_iqa.attacks.generators import GENERATOR_LEARNING_RATE, generate, unet_generator
 from keras_robust_iqa.attacks.loop import check_budget, run_batches, train_perturbation
 
 
-def train_facpa(model, train_images, eps=10 / 255, *, filters=16, epochs=5, batch_size=8, learning_rate=1e-3,
-                seed=0, verbose=1):
+# The MSU benchmark's settings: Adam at 1e-3 for 5 epochs.
+FACPA_MSU_SETTINGS = dict(epochs=5, patience=None, learning_rate=1e-3)
+
+
+def train_facpa(model, train_images, eps=10 / 255, *, filters=16, epochs=40, patience=3, seconds=None, batch_size=8,
+                learning_rate=GENERATOR_LEARNING_RATE, seed=0, verbose=1):
     """Train a U-Net generator so that `x + eps * tanh(G(x))` raises the model's scores.
 
     Args:
@@ -21,8 +25,14 @@ def train_facpa(model, train_images, eps=10 / 255, *, filters=16, epochs=5, batc
         train_images: images of a training split, an array or a list, in [0, 1].
         eps: L-inf budget the generator is trained for (the benchmark's 10/255).
         filters: width of the U-Net's first level.
-        epochs, batch_size, learning_rate: Adam on the generator's weights
-            (the benchmark's 5 epochs at 1e-3).
+        epochs, patience, seconds: learning stops after `patience` epochs with no
+            rise of the mean attacked score, after `epochs` epochs, or past
+            `seconds` (see `loop.train_perturbation`); `FACPA_MSU_SETTINGS` holds
+            the benchmark's (5 epochs).
+        batch_size, learning_rate: Adam on the generator's weights (the
+            benchmark's 1e-3 takes several times the steps to reach the same
+            gain); the output's `tanh` scales with `eps`, so the rate does not
+            depend on it.
         seed: seeds the shuffling and the generator's initial weights.
 
     Returns:
@@ -39,8 +49,8 @@ def train_facpa(model, train_images, eps=10 / 255, *, filters=16, epochs=5, batc
     def update(loss, tape):
         optimizer.apply(tape.gradient(loss, generator.trainable_variables), generator.trainable_variables)
 
-    train_perturbation(model, train_images, perturb, update, epochs=epochs, batch_size=batch_size, seed=seed,
-                       verbose=verbose)
+    train_perturbation(model, train_images, perturb, update, epochs=epochs, patience=patience, seconds=seconds,
+                       batch_size=batch_size, seed=seed, verbose=verbose)
     return generator
 
 

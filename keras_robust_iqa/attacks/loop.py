@@ -8,6 +8,7 @@ are never assigned, and the caller's arrays are copied, never written.
 """
 
 import numbers
+import time
 
 import keras
 import numpy as np
@@ -151,22 +152,34 @@ def check_budget(eps, name="eps"):
     return float(eps)
 
 
-def train_perturbation(model, images, perturb, update, *, epochs=5, batch_size=8, seed=0, verbose=1):
+def train_perturbation(model, images, perturb, update, *, epochs=40, patience=3, min_delta=1e-4, seconds=None,
+                       batch_size=8, seed=0, verbose=1):
     """Learn an attack's parameters (a universal perturbation, a generator) on training images.
 
     Each step ascends the mean score of `perturb(x)` over a batch: `update`
     receives the gradients of `-mean score` (the loss) and applies them to the
     attack's own variables. The model's weights are read, never trained.
+    Learning stops when the objective stops rising: after `patience` epochs
+    whose mean attacked score is not `min_delta` above the best epoch's, after
+    `epochs` epochs, or after the first epoch that ends past `seconds`.
 
     Args:
         perturb: a function `x -> x_adv` built on the attack's variables.
         update: a function `(loss, tape) -> None` applying one step.
-        epochs: passes over `images`, shuffled each time (seeded by `seed`).
+        epochs: the most passes over `images`, shuffled each time (seeded by `seed`).
+        patience: epochs without improvement before stopping; None runs every epoch.
+        min_delta: the rise in the epoch's mean attacked score that counts as one.
+        seconds: a wall-clock budget (None: no limit).
+
+    Returns:
+        The mean attacked score of each epoch run, a list.
     """
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"Argument `epochs` must be a positive integer, got {epochs!r}.")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"Argument `batch_size` must be a positive integer, got {batch_size!r}.")
+    for value, name in ((epochs, "epochs"), (batch_size, "batch_size")) + (((patience, "patience"),)
+                                                                           if patience is not None else ()):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"Argument `{name}` must be a positive integer, got {value!r}.")
+    if seconds is not None and not (isinstance(seconds, numbers.Real) and seconds > 0):
+        raise ValueError(f"Argument `seconds` must be a positive number of seconds or None, got {seconds!r}.")
     score = image_score_fn(model)
     images = check_images(images, "train_images")
 
@@ -179,8 +192,21 @@ def train_perturbation(model, images, perturb, update, *, epochs=5, batch_size=8
 
     order = np.random.default_rng(seed)
     progress = keras.utils.Progbar(epochs * len(images), verbose=verbose, unit_name="image")
+    start = time.perf_counter()
+    history, best, stale = [], -float("inf"), 0
     for _ in range(epochs):
         shuffled = [images[i] for i in order.permutation(len(images))]
+        total = 0.0
         for indices, batch in batches_by_shape(shuffled, batch_size):
-            mean_score = train_step(tf.constant(batch))
-            progress.add(len(indices), [("attacked score", float(mean_score))])
+            mean_score = float(train_step(tf.constant(batch)))
+            total += mean_score * len(indices)
+            progress.add(len(indices), [("attacked score", mean_score)])
+        history.append(total / len(images))
+        stale = 0 if history[-1] > best + min_delta else stale + 1
+        best = max(best, history[-1])
+        if (patience is not None and stale >= patience) or (
+                seconds is not None and time.perf_counter() - start > seconds):
+            break
+    if verbose and len(history) < epochs:
+        print(f"stopped after {len(history)} of {epochs} epochs (mean attacked score {history[-1]:.4g})")
+    return history

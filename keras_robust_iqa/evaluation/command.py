@@ -13,10 +13,10 @@ def add_parser(subparsers):
         "evaluate",
         help="attack the models of run folders and report gains, robustness scores and certified bounds",
         description="Score the test split of each run's dataset, clean and under each attack at each "
-        "budget. Writes report.json, report.md, gain_vs_eps.png (one panel per attack) and "
-        "clean_vs_attacked.png into --out, and where the frontier's attack and budget are evaluated "
-        "(default I-FGSM at 4/255) the accuracy-robustness frontier: a table in report.md, "
-        "report.json's `frontier` and frontier.png.",
+        "budget. Writes report.json, report.md, gain_vs_eps.png (one panel per attack), "
+        "clean_vs_attacked.png and attack_examples.png into --out, and where the frontier's attack and "
+        "budget are evaluated (default I-FGSM at 4/255) the accuracy-robustness frontier: a table in "
+        "report.md, report.json's `frontier` and frontier.png.",
     )
     p.add_argument("--run", action="append", required=True, metavar="RUN",
                    help="a run folder from `robust-iqa train` (model.keras, config.json); repeat to compare models")
@@ -52,6 +52,19 @@ def add_parser(subparsers):
                    help="budget of the frontier's attack, one of --eps (or of --l2-eps for pgd_l2) "
                    "(default: 4/255; 1.0 for pgd_l2)")
     p.add_argument("--no-frontier", action="store_true", help="write no frontier")
+    p.add_argument("--strength", type=comma_list, default=[], metavar="ATTACKS",
+                   help="comma-separated attacks (or `all`) to check for strength: each also runs much longer "
+                   "(learned attacks 8x the epochs and patience at 10x the learning rate; gradient attacks 4x the "
+                   "steps, the best of 3 random restarts where they have one; FGSM against I-FGSM) and "
+                   "report.json / report.md give its gain over the longer run's (strength_ratio), with a "
+                   "warning below 0.85 (not converged). Costs about as much again as those attacks x 8 for "
+                   "the learned ones (default: none)")
+    p.add_argument("--learn-seconds", type=float, metavar="S",
+                   help="time budget of each learned attack's training (UAPs, FACPA), in seconds; it also "
+                   "stops when its objective stops rising (default: none)")
+    p.add_argument("--no-examples", action="store_true",
+                   help="draw no attack_examples.png (a few test images, clean and attacked, and the "
+                   "perturbation magnified, on the first model and the first certified one)")
     p.add_argument("--batch-size", type=int, default=8, help="images per attack batch (default: 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random attacks (default: 0)")
     p.add_argument("--out", required=True, help="folder to write the report into")
@@ -98,5 +111,12 @@ def run(args):
     evaluate_runs(
         args.run, args.out, attacks=args.attacks, eps=args.eps, l2_eps=args.l2_eps, images=args.images,
         train_images=args.train_images, transfer_source=args.transfer_source, label_gain=args.label_gain,
-        frontier=frontier_choice(args), batch_size=args.batch_size, seed=args.seed,
+        frontier=frontier_choice(args), strength=strength_choice(args), batch_size=args.batch_size,
+        learn_options=None if args.learn_seconds is None else {"seconds": args.learn_seconds},
+        examples=not args.no_examples, seed=args.seed,
     )
+
+
+def strength_choice(args):
+    """`evaluate_runs`' `strength` from `--strength`: True for `all`, else the names."""
+    return True if args.strength == ["all"] else args.strength

@@ -5,6 +5,7 @@ import time
 import numpy as np
 
 from keras_robust_iqa import attacks as iqa_attacks
+from keras_robust_iqa.evaluation import strength as strength_module
 from keras_robust_iqa.evaluation.certified import certified_bounds_or_none
 from keras_robust_iqa.evaluation.scores import minmax_scale, robustness_scores
 from keras_robust_iqa.models.lipschitz import lipschitz_bound
@@ -41,8 +42,8 @@ def attack_key(name, eps, norm="linf"):
 
 
 def evaluate_model(model, images, mos, *, attacks=None, eps=(4 / 255,), l2_eps=(1.0,),
-                   train_images=None, transfer_source=None, distortions=None, batch_size=8, seed=0,
-                   verbose=1):
+                   train_images=None, transfer_source=None, distortions=None, strength=(), learn_options=None,
+                   crafted=None, batch_size=8, seed=0, verbose=1):
     """Clean accuracy, then every attack at every budget, scored.
 
     Args:
@@ -58,6 +59,16 @@ def evaluate_model(model, images, mos, *, attacks=None, eps=(4 / 255,), l2_eps=(
         distortions: the distortion type of each image (optional): the clean
             correlations and each attack's gain are then also given per type
             (`by_distortion`, `abs_gain_by_distortion`).
+        strength: attacks (names among `attacks`, or True for all) also run much
+            longer (`evaluation.strength`): each result then has
+            `stronger_gain_raw`, `strength_ratio` (its gain over the stronger
+            run's) and `converged` (the ratio at least `strength.CONVERGED`).
+        learn_options: keyword arguments for `train_uap` / `train_facpa` (e.g.
+            `{"seconds": 30}`), for the learned attacks and their strength check.
+        crafted: a dict shared by calls on the same `images`: the transfer
+            attack's images, crafted once per source model and budget (the
+            source does not depend on the attacked model). Its `seconds` is
+            then the first call's.
 
     Returns:
         `(entry, details)`: the model's `report.json` entry and, per attack key,
@@ -82,7 +93,7 @@ def evaluate_model(model, images, mos, *, attacks=None, eps=(4 / 255,), l2_eps=(
     entry = {
         "clean": correlations(clean, mos),
         "params": int(model.count_params()),
-        "lipschitz_bound": _bound_or_none(model),
+        "lipschitz_bound": lipschitz_bound_or_none(model),
         "images": len(images),
         "attacks": {},
     }
@@ -90,21 +101,35 @@ def evaluate_model(model, images, mos, *, attacks=None, eps=(4 / 255,), l2_eps=(
         entry["clean"]["by_distortion"] = correlations_by_distortion(clean, mos, distortions)
     details = {}
     options = {"batch_size": batch_size, "verbose": verbose}
+    checked = set(attacks) if strength is True else set(strength or ())
+    if checked - set(attacks):
+        raise ValueError(f"Argument `strength` names attacks not evaluated: {sorted(checked - set(attacks))}.")
     for name in attacks:
         attack = iqa_attacks.ATTACKS[name]
         norm = attack_norm(name)
         settings = dict(options)
+        stronger = None
         if name == "transfer":
             settings["source"] = transfer_source
         elif name in LEARNED:
-            settings["perturbation" if LEARNED[name] else "generator"] = _learn(
-                name, model, train_images, max(eps), seed, verbose)
+            learned_as = "perturbation" if LEARNED[name] else "generator"
+            settings[learned_as] = _learn(name, model, train_images, max(eps), seed, verbose, learn_options)
+            if name in checked:
+                longer = strength_module.stronger_training(name, learn_options)
+                stronger = attack, dict(settings, **{learned_as: _learn(
+                    name, model, train_images, max(eps), seed, verbose, longer)}), 1
         for budget in sorted(l2_eps if norm == "l2" else eps):
             if verbose:
                 print(f"{model.name}: {name} at eps {eps_label(budget, norm)}")
-            start = time.perf_counter()
-            adversarial = attack(model, images, budget, **settings)
-            seconds = time.perf_counter() - start
+            reuse = (id(transfer_source), budget) if name == "transfer" and crafted is not None else None
+            if reuse in (crafted or {}):
+                adversarial, seconds = crafted[reuse]
+            else:
+                start = time.perf_counter()
+                adversarial = attack(model, images, budget, **settings)
+                seconds = time.perf_counter() - start
+                if reuse is not None:
+                    crafted[reuse] = adversarial, seconds
             attacked = score_images(model, adversarial)
             result = {"attack": name, "norm": norm, "eps": float(budget)}
             result |= robustness_scores(clean, attacked)
@@ -112,6 +137,9 @@ def evaluate_model(model, images, mos, *, attacks=None, eps=(4 / 255,), l2_eps=(
             result |= correlations(attacked, mos)
             result |= _certified(model, shapes, budget, norm, clean, attacked)
             result["seconds"] = round(seconds, 2)
+            if name in checked:
+                result |= _strength(model, images, clean, budget, result["abs_gain_raw"],
+                                    stronger or _stronger_attack(name, budget, options))
             key = attack_key(name, budget, norm)
             entry["attacks"][key] = result
             details[key] = minmax_scale(clean, attacked)
@@ -123,11 +151,30 @@ def evaluate_model(model, images, mos, *, attacks=None, eps=(4 / 255,), l2_eps=(
     return entry, details
 
 
-def _learn(name, model, train_images, eps, seed, verbose):
-    """The UAP's perturbation or FACPA's generator, learned once for all budgets."""
+def _learn(name, model, train_images, eps, seed, verbose, options=None):
+    """The UAP's perturbation or FACPA's generator, learned once for all budgets, at the largest."""
+    options = dict(options or {}, seed=seed, verbose=verbose)
     if name == "facpa":
-        return iqa_attacks.train_facpa(model, train_images, eps, seed=seed, verbose=verbose)
-    return iqa_attacks.train_uap(model, train_images, variant=LEARNED[name], seed=seed, verbose=verbose)
+        return iqa_attacks.train_facpa(model, train_images, eps, **options)
+    return iqa_attacks.train_uap(model, train_images, variant=LEARNED[name], **{"clip": eps, **options})
+
+
+def _stronger_attack(name, eps, options):
+    """`(attack, settings, restarts)` of the stronger run of a gradient attack, or None."""
+    found = strength_module.stronger_attack(name, eps)
+    if found is None:
+        return None
+    attack, settings, restarts = found
+    return attack, dict(options, **settings), restarts
+
+
+def _strength(model, images, clean, eps, gain, stronger):
+    """The `strength_entry` of one result: its gain against the stronger run's (None: none to run)."""
+    if stronger is None:
+        return strength_module.strength_entry(gain, None)
+    attack, settings, restarts = stronger
+    attacked = strength_module.best_of_restarts(model, images, attack, eps, settings, restarts)
+    return strength_module.strength_entry(gain, float(np.mean(attacked - clean)))
 
 
 def _certified(model, shapes, eps, norm, clean, attacked):
@@ -146,7 +193,8 @@ def _certified(model, shapes, eps, norm, clean, attacked):
     }
 
 
-def _bound_or_none(model):
+def lipschitz_bound_or_none(model):
+    """The model's certified Lipschitz bound, or None for a model with no certificate."""
     try:
         return lipschitz_bound(model)
     except ValueError:

@@ -5,6 +5,8 @@ import math
 import pathlib
 
 from keras_robust_iqa.evaluation.evaluate import eps_label
+from keras_robust_iqa.evaluation.examples import plot_attack_examples
+from keras_robust_iqa.evaluation.strength import CONVERGED
 from keras_robust_iqa.evaluation.frontier import (agg_pyplot, frontier_markdown, model_colours, plot_frontier,
                                                   split_seed)
 
@@ -13,12 +15,13 @@ _COLUMNS = (
     ("R 95% CI", "robustness_score_ci95"), ("Wasserstein", "wasserstein_score"),
     ("energy", "energy_distance_score"), ("SROCC", "srocc"), ("PLCC", "plcc"), ("KRCC", "krcc"),
     ("certified bound", "certified_bound"), ("within bound", "within_certified_bound"),
+    ("gain / longer run's", "strength_ratio"),
 )
 
 
-def write_report(report, out, details=None):
-    """Write `report.json`, `report.md`, `gain_vs_eps.png`, `clean_vs_attacked.png` and
-    `frontier.png` into `out`.
+def write_report(report, out, details=None, examples=None):
+    """Write `report.json`, `report.md`, `gain_vs_eps.png`, `clean_vs_attacked.png`,
+    `attack_examples.png` and `frontier.png` into `out`.
 
     Args:
         report: `{"models": {name: entry}}` with entries from `evaluate_model`, and
@@ -28,6 +31,8 @@ def write_report(report, out, details=None):
         out: the folder to write (created if missing).
         details: `{name: {attack key: (clean, attacked)}}` MinMax-scaled
             scores for the scatter plot; without it that plot is skipped.
+        examples: `evaluation.examples.attack_examples(...)`, drawn as
+            `attack_examples.png`; without it that picture is skipped.
 
     Returns:
         The paths written.
@@ -41,6 +46,9 @@ def write_report(report, out, details=None):
     if details:
         paths.append(out / "clean_vs_attacked.png")
         plot_clean_vs_attacked(details, paths[-1])
+    if examples:
+        paths.append(out / "attack_examples.png")
+        plot_attack_examples(examples, paths[-1])
     if report.get("frontier"):
         paths.append(out / "frontier.png")
         plot_frontier(report["frontier"], paths[-1])
@@ -75,12 +83,17 @@ def markdown_table(report):
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
+    if any("strength_ratio" in result for entry in report["models"].values() for result in entry["attacks"].values()):
+        lines[2] += (f" \"gain / longer run's\" is the attack's gain over that of the same attack run much longer "
+                     f"(`evaluation.strength`); below {CONVERGED:g} the attack has not converged (**bold**).")
     for name, entry in report["models"].items():
         clean = entry["clean"]
         row = {"srocc": clean["srocc"], "plcc": clean["plcc"], "krcc": clean["krcc"]}
         lines.append("| " + " | ".join([name, "clean", *(_cell(key, row.get(key)) for _, key in _COLUMNS)]) + " |")
         for attack, result in entry["attacks"].items():
             cells = [_cell(key, result.get(key), result.get("norm", "linf")) for _, key in _COLUMNS]
+            if result.get("converged") is False:
+                cells[-1] = f"**{cells[-1]}**"
             lines.append("| " + " | ".join([name, result.get("attack", attack), *cells]) + " |")
     frontier = ["", *frontier_markdown(report["frontier"])] if report.get("frontier") else []
     return "\n".join(lines + _distortion_table(report) + _label_table(report) + frontier) + "\n"
@@ -177,10 +190,15 @@ def plot_gain_vs_eps(report, path):
 
 
 def plot_clean_vs_attacked(details, path):
-    """Scaled clean against attacked scores, one panel per model, each attack at its largest budget."""
+    """Scaled clean against attacked scores, one panel per model in a grid of up to three
+    columns, each attack at its largest budget."""
     plt = agg_pyplot()
-    figure, axes = plt.subplots(1, len(details), figsize=(5 * len(details), 5), squeeze=False)
-    for axis, (name, by_key) in zip(axes[0], details.items()):
+    columns = min(3, len(details))
+    rows = math.ceil(len(details) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.6 * rows), squeeze=False)
+    for axis in list(axes.flat)[len(details):]:
+        axis.set_visible(False)
+    for axis, (name, by_key) in zip(axes.flat, details.items()):
         largest = {}
         for key in by_key:
             attack, _, _ = key.partition("@")

@@ -5,7 +5,10 @@ import pathlib
 
 from keras_robust_iqa import attacks as iqa_attacks
 from keras_robust_iqa import data as iqa_data
-from keras_robust_iqa.evaluation.evaluate import LEARNED, attack_key, attack_norm, eps_label, evaluate_model, evenly_spaced
+from keras_robust_iqa.evaluation.evaluate import (
+    LEARNED, attack_key, attack_norm, eps_label, evaluate_model, evenly_spaced, lipschitz_bound_or_none,
+)
+from keras_robust_iqa.evaluation.examples import attack_examples, example_attack
 from keras_robust_iqa.evaluation.frontier import DEFAULT_ATTACK, DEFAULT_EPS, build_frontier, same_budget
 from keras_robust_iqa.evaluation.label_gain import LABEL_ATTACKS, label_gain
 from keras_robust_iqa.evaluation.report import markdown_table, write_report
@@ -30,7 +33,8 @@ def _positive(value, name):
 
 
 def evaluate_runs(runs, out, *, attacks=None, eps=(4 / 255,), l2_eps=(1.0,), images=None, train_images=64,
-                  transfer_source=None, label_gain=False, frontier=None, batch_size=8, seed=0, verbose=1):
+                  transfer_source=None, label_gain=False, label_images=None, frontier=None, strength=(),
+                  learn_options=None, examples=True, batch_size=8, seed=0, verbose=1):
     """Attack each run's model on its test split; write `report.json`, `report.md` and plots into `out`.
 
     Args:
@@ -42,8 +46,12 @@ def evaluate_runs(runs, out, *, attacks=None, eps=(4 / 255,), l2_eps=(1.0,), ima
         transfer_source: the run whose model crafts transferred perturbations;
             default, for each model, the first other run.
         label_gain: also attack the built-in dataset's labels themselves
-            (`evaluation.label_gain`) on the same test images, with the attacks
-            of `LABEL_ATTACKS` at the same budgets: `report["labels"]`.
+            (`evaluation.label_gain`) on the same test images (or
+            `label_images` of them), with the attacks named (a list; True: all)
+            among those of `LABEL_ATTACKS`, at the same budgets: `report["labels"]`.
+        label_images: attack the labels of this many evenly spaced test images
+            only (default: `images`); each reference photograph costs the label
+            attack a compiled graph of its own.
         frontier: `(attack, eps)` of the accuracy-robustness frontier
             (`evaluation.build_frontier`: each model's test SROCC from its run's
             `metrics.json` against its gain, seeds grouped, the gain-to-labels
@@ -51,6 +59,13 @@ def evaluate_runs(runs, out, *, attacks=None, eps=(4 / 255,), l2_eps=(1.0,), ima
             `frontier.png`. That attack and budget must be among those evaluated.
             Default (None): I-FGSM at 4/255 when it is evaluated, else no
             frontier; False: no frontier.
+        strength: attacks also run much longer on every model, their
+            `strength_ratio` beside each result (see `evaluate_model`); a
+            warning names each result below `strength.CONVERGED`.
+        examples: draw `attack_examples.png` (`evaluation.examples`): a few
+            test images attacked by I-FGSM (else the first attack that needs no
+            training) at its largest budget, on the first model and the first
+            certified one (else the second).
         Others as in `evaluate_model`.
 
     Returns:
@@ -60,6 +75,7 @@ def evaluate_runs(runs, out, *, attacks=None, eps=(4 / 255,), l2_eps=(1.0,), ima
     if not runs:
         raise ValueError("Give at least one run folder.")
     _positive(images, "images")
+    _positive(label_images, "label_images")
     _positive(train_images, "train_images")
     _positive(batch_size, "batch_size")
     has_source = transfer_source is not None or len(runs) > 1
@@ -82,26 +98,55 @@ def evaluate_runs(runs, out, *, attacks=None, eps=(4 / 255,), l2_eps=(1.0,), ima
     report, details, splits = {"models": {}}, {}, {}
     for run in runs:
         config = configs[run]
-        key = (config["dataset"], config.get("data_dir"), int(config["patch_size"]))
+        key = _split_key(config)
         if key not in splits:
-            splits[key] = _load_split(*key, images, train_images if set(attacks) & set(LEARNED) else None)
-        test_images, mos, distortions, train = splits[key]
+            splits[key] = _load_split(*key, images, train_images if set(attacks) & set(LEARNED) else None), {}
+        (test_images, mos, distortions, train), crafted = splits[key]
         source = source_model or next((models[other] for other in runs if other != run), None)
         entry, details[names[run]] = evaluate_model(
             models[run], test_images, mos, attacks=attacks, eps=eps, l2_eps=l2_eps, train_images=train,
-            transfer_source=source, distortions=distortions, batch_size=batch_size, seed=seed,
-            verbose=verbose,
+            transfer_source=source, distortions=distortions, strength=strength, learn_options=learn_options,
+            crafted=crafted, batch_size=batch_size, seed=seed, verbose=verbose,
         )
         report["models"][names[run]] = {"run": run, **entry}
+    for warning in not_converged(report):
+        print(f"WARNING: {warning}")
     if label_gain:
-        report["labels"] = _label_gains(builtin_dirs[0], attacks, eps, l2_eps, images, batch_size, verbose)
+        label_images = images if label_images is None else min(label_images, images or label_images)
+        on_labels = attacks if label_gain is True else [name for name in attacks if name in label_gain]
+        report["labels"] = _label_gains(builtin_dirs[0], on_labels, eps, l2_eps, label_images, batch_size, verbose)
     if frontier is not None:
         test_srocc = {names[run]: _test_srocc(run) for run in runs}
         report["frontier"] = build_frontier(report, *frontier, test_srocc=test_srocc)
-    write_report(report, out, details)
+    pictured = example_attack(attacks, eps, l2_eps) if examples else None
+    if pictured is not None:
+        shown = _example_models(runs, models, configs)
+        (test_images, *_), _ = splits[_split_key(configs[runs[0]])]
+        pictured = attack_examples({names[run]: models[run] for run in shown}, test_images, *pictured,
+                                   batch_size=batch_size)
+    write_report(report, out, details, pictured)
     if verbose:
         print(markdown_table(report))
     return report
+
+
+def _split_key(config):
+    return config["dataset"], config.get("data_dir"), int(config["patch_size"])
+
+
+def _example_models(runs, models, configs):
+    """The first run and the first certified one (else the second) of those on the first run's test split."""
+    same = [run for run in runs[1:] if _split_key(configs[run]) == _split_key(configs[runs[0]])]
+    others = [run for run in same if lipschitz_bound_or_none(models[run]) is not None] or same
+    return runs[:1] + others[:1]
+
+
+def not_converged(report):
+    """A line per attack result whose `strength_ratio` is below `strength.CONVERGED`."""
+    return [f"{name} {key}: gain {result['abs_gain_raw']:.4g} is {result['strength_ratio']:.2f}x that of the same "
+            f"attack run longer ({result['stronger_gain_raw']:.4g}): not converged at its settings"
+            for name, entry in report["models"].items() for key, result in entry["attacks"].items()
+            if result.get("converged") is False]
 
 
 def _frontier_budget(frontier, attacks, eps, l2_eps):

@@ -183,3 +183,41 @@ def test_compiled_once_per_model_and_settings():
     assert function.experimental_get_tracing_count() == 1
     attacks.ifgsm(model, images, 2 * EPS, verbose=0)
     assert len(model.__dict__["_keras_robust_iqa_attacks"]) == 2
+
+
+@pytest.fixture(scope="module")
+def tiny_relu():
+    """A Sequential conv-ReLU scorer of 8x8 patches (default layer names) and 16x16 training images."""
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, activation="relu"),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(1)])
+    return model, mid_images((16, 16, 16, 3), 12)
+
+
+@pytest.mark.parametrize("variant", attacks.UAP_VARIANTS)
+def test_uap_uses_its_budget_at_its_defaults(tiny_relu, variant):
+    model, train = tiny_relu
+    perturbation = attacks.train_uap(model, train, variant=variant, size=8, clip=EPS, verbose=0)
+    # Applied at the budget it was learned at, it moves a pixel by most of the budget on average
+    # (mid_images: the [0, 1] clip never binds).
+    adversarial = attacks.uap(model, train, EPS, perturbation=perturbation, verbose=0)
+    assert np.abs(adversarial - train).mean() >= 0.5 * EPS
+    assert np.mean(gains(model, train, adversarial)) > 0
+    if variant == "plain":  # the benchmark's 5 epochs of Adam at 1e-3 in pixel units stay far inside
+        short = attacks.train_uap(model, train, variant=variant, size=8, verbose=0,
+                                  **attacks.UAP_MSU_SETTINGS[variant])
+        assert np.abs(short).mean() < 0.5
+
+
+def test_learning_stops_when_the_objective_stops_rising():
+    from keras_robust_iqa.attacks.loop import train_perturbation
+
+    flat = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(),
+                             keras.layers.Dense(1, kernel_initializer="zeros")])
+    history = train_perturbation(flat, mid_images((4, 8, 8, 3)), lambda x: x, lambda loss, tape: None, epochs=20,
+                                 patience=2, verbose=0)
+    assert len(history) == 3 and np.allclose(history, 0.0)  # the first epoch, then 2 without a rise
+    assert len(train_perturbation(flat, mid_images((4, 8, 8, 3)), lambda x: x, lambda loss, tape: None,
+                                  epochs=4, patience=None, verbose=0)) == 4
+    with pytest.raises(ValueError, match="seconds"):
+        train_perturbation(flat, mid_images((4, 8, 8, 3)), lambda x: x, lambda loss, tape: None, seconds=0)

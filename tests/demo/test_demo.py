@@ -97,6 +97,9 @@ def test_attacks_flag_takes_names_or_all_and_refuses_unknown_names():
     assert demo.parse_attacks("all") == tuple(ATTACKS)
     with pytest.raises(ValueError, match=r"--attacks: unknown attack\(s\) \['ifsgm'\]"):
         demo.parse_attacks("ifsgm,uap")
+    assert demo.parse_attacks("all", "--strength", among=("uap", "facpa")) == ("uap", "facpa")
+    with pytest.raises(ValueError, match=r"--strength: unknown attack\(s\) \['square'\]"):
+        demo.parse_attacks("uap,square", "--strength", among=demo.DemoSettings().attacks)
 
 
 def test_scale_flags_reach_every_training_run():
@@ -176,5 +179,6 @@ def test_demo_runs_every_stage_resumes_after_an_interruption_and_reports_what_it
         assert row in (out / "report.md").read_text()
     assert report["labels"] is None  # a CSV set's labels are data, not a function to attack
     assert "The labels' own gain" not in (out / "report.md").read_text()
-    assert (out / "gain_vs_eps.png").stat().st_size > 0 and (out / "clean_vs_attacked.png").stat().st_size > 0
+    for png in ("gain_vs_eps.png", "clean_vs_attacked.png", "attack_examples.png"):  # base and replace attacked
+        assert (out / png).stat().st_size > 0
     assert {path.suffix for path in (out / "export").rglob("*") if path.is_file()} >= {".pb", ".tflite", ".onnx"}

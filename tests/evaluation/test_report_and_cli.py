@@ -58,16 +58,19 @@ def test_evaluate_command_writes_the_report(runs, tmp_path, capsys):
     # Twice the budget, twice the certified bound.
     assert replace["attacks"]["fgsm@4/255"]["certified_bound"] == pytest.approx(
         2 * replace["attacks"]["fgsm@2/255"]["certified_bound"])
+    assert all("strength_ratio" not in result for entry in report["models"].values()
+               for result in entry["attacks"].values())  # no --strength: no second, longer run
     table = (out / "report.md").read_text()
     assert "| replace | fgsm | 4/255 |" in table and "| base | clean |" in table
-    for png in ("gain_vs_eps.png", "clean_vs_attacked.png"):
+    for png in ("gain_vs_eps.png", "clean_vs_attacked.png", "attack_examples.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_evaluate_command_reports_the_labels_own_gain(runs, tmp_path):
     out = tmp_path / "report"
     code = cli.main(["evaluate", "--run", runs[0], "--attacks", "ifgsm,uap,pgd_l2", "--eps", "4/255",
-                     "--l2-eps", "0.5", "--images", "3", "--train-images", "2", "--label-gain", "--out", str(out)])
+                     "--l2-eps", "0.5", "--images", "3", "--train-images", "2", "--learn-seconds", "0.1",
+                     "--label-gain", "--out", str(out)])
     assert code == 0
     report = json.loads((out / "report.json").read_text())
     labels = report["labels"]
