@@ -17,16 +17,17 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 
 
-def _folder(run):
+def _folder(run, reading):
+    """`run` as a path; `reading`: the file wanted, named in the error for a missing folder."""
     run = pathlib.Path(run)
     if not run.is_dir():
-        raise FileNotFoundError(f"Run folder {run} does not exist.")
+        raise FileNotFoundError(f"Run folder {run} does not exist (no {reading} to read).")
     return run
 
 
 def load_model(run):
     """The run's `model.keras`, loaded in safe mode (uncompiled)."""
-    path = _folder(run) / MODEL_FILE
+    path = _folder(run, MODEL_FILE) / MODEL_FILE
     if not path.is_file():
         raise FileNotFoundError(f"Run folder {run} holds no {MODEL_FILE} (written by `robust-iqa train`).")
     return keras.saving.load_model(path, safe_mode=True, compile=False)
@@ -34,7 +35,7 @@ def load_model(run):
 
 def read_config(run, required=()):
     """The run's `config.json` as a dict; `required`: keys it must hold (an error names the missing ones)."""
-    path = _folder(run) / CONFIG_FILE
+    path = _folder(run, CONFIG_FILE) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"Run folder {run} holds no {CONFIG_FILE} (written by `robust-iqa train`).")
     config = _read_json(path)
@@ -46,7 +47,7 @@ def read_config(run, required=()):
 
 def read_metrics(run):
     """The run's `metrics.json` as a dict, or None where the folder has none."""
-    path = _folder(run) / METRICS_FILE
+    path = _folder(run, METRICS_FILE) / METRICS_FILE
     return _read_json(path) if path.is_file() else None
 
 
@@ -61,7 +62,7 @@ def mos_range(config, source):
 
 def facts(run):
     """`(name, patch_size, mos_range)` of a run folder that holds a model, from its config."""
-    run = _folder(run)
+    run = _folder(run, MODEL_FILE)
     if not (run / MODEL_FILE).is_file():
         raise FileNotFoundError(f"Run folder {run} holds no {MODEL_FILE} (written by `robust-iqa train`).")
     config = read_config(run, required=("patch_size",))

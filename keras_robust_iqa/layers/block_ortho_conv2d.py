@@ -67,7 +67,7 @@ class BlockOrthoConv2D(contract.LayerContract, keras.layers.Layer):
     """
 
     # Adam steps and learning rate of `start_from_kernel`'s fit.
-    FIT_STEPS = 100
+    FIT_STEPS = 50
     FIT_LEARNING_RATE = 0.05
 
     def __init__(
@@ -288,17 +288,9 @@ class BlockOrthoConv2D(contract.LayerContract, keras.layers.Layer):
                 return True
         target = tf.constant(target / np.linalg.norm(target))
         free = self._free_weights()
-        optimizer = keras.optimizers.Adam(self.FIT_LEARNING_RATE)
-        optimizer.build(free)
-
-        @tf.function
-        def fit():
-            for _ in tf.range(self.FIT_STEPS):
-                with tf.GradientTape() as tape:
-                    loss = -tf.reduce_sum(self.orthogonal_kernel() * target)
-                optimizer.apply(tape.gradient(loss, free), free)
-
-        fit()
+        fitted = _fit_function(self)([tf.convert_to_tensor(w) for w in free], target)
+        for weight, value in zip(free, fitted):
+            weight.assign(value)
         return True
 
     # Computation --------------------------------------------------------------
@@ -390,6 +382,45 @@ def _compose(outer, inner):
     return total
 
 
+# One traced fit per kernel configuration (a backbone repeats a few), see `_fit_function`.
+_FITS = {}
+
+
+def _fit_function(layer):
+    """`fit(free, target)`: the free matrices after `FIT_STEPS` Adam steps maximising `<Q, target>`.
+
+    A function of tensors (Adam written out), traced once for each configuration the merge
+    depends on and shared by every layer of that configuration: tracing costs far more than
+    the steps.
+    """
+    key = (layer.kernel_size, layer.strides, layer.groups, layer.input_channels, layer.filters,
+           layer.FIT_STEPS, layer.FIT_LEARNING_RATE)
+    if key in _FITS:
+        return _FITS[key]
+    merge = layer._merge  # depends on the configuration only, not on the layer's weights
+    steps, rate = layer.FIT_STEPS, layer.FIT_LEARNING_RATE
+    beta1, beta2, eps = 0.9, 0.999, 1e-7
+
+    @tf.function(reduce_retracing=True)
+    def fit(free, target):
+        first = [tf.zeros_like(w) for w in free]
+        second = [tf.zeros_like(w) for w in free]
+        for step in tf.range(1, steps + 1):
+            with tf.GradientTape() as tape:
+                tape.watch(free)
+                loss = -tf.reduce_sum(merge(*free) * target)
+            grads = tape.gradient(loss, free)
+            t = tf.cast(step, tf.float32)
+            first = [beta1 * m + (1 - beta1) * g for m, g in zip(first, grads)]
+            second = [beta2 * v + (1 - beta2) * g * g for v, g in zip(second, grads)]
+            scale = rate * tf.sqrt(1 - beta2**t) / (1 - beta1**t)
+            free = [w - scale * m / (tf.sqrt(v) + eps) for w, m, v in zip(free, first, second)]
+        return free
+
+    _FITS[key] = fit
+    return fit
+
+
 def nearest_cayley_free(m, atol=1e-4):
     """A free matrix `w` whose `linalg.cayley(w)` is the (semi-)orthogonal matrix nearest `m`.
 
@@ -400,25 +431,28 @@ def nearest_cayley_free(m, atol=1e-4):
     (`linalg.cayley`'s construction, solved for `w`). Returns None where it cannot be
     (an eigenvalue -1, or a result that does not reproduce the target within `atol`).
     """
-    m = np.asarray(m, np.float64)
+    m = tf.constant(m, tf.float64)
     rows, cols = m.shape
     if rows < cols:
-        w = nearest_cayley_free(m.T, atol)
+        w = nearest_cayley_free(tf.transpose(m), atol)
         return None if w is None else w.T
-    u, _, vt = np.linalg.svd(m, full_matrices=False)
-    if rows == cols and np.linalg.det(u @ vt) < 0:
-        u[:, -1] = -u[:, -1]
-    q = u @ vt
+    # TensorFlow's linear algebra, not numpy's: numpy's BLAS threads contend with TensorFlow's.
+    _, u, v = tf.linalg.svd(m)
+    if rows == cols and float(tf.linalg.det(u @ tf.transpose(v))) < 0:
+        u = tf.concat([u[:, :-1], -u[:, -1:]], axis=1)
+    q = u @ tf.transpose(v)
     top, bottom = q[:cols], q[cols:]
+    eye = tf.eye(cols, dtype=tf.float64)
     try:
-        inverse = np.linalg.inv(top + np.eye(cols))
-    except np.linalg.LinAlgError:
+        inverse = tf.linalg.inv(top + eye)
+    except tf.errors.InvalidArgumentError:  # an eigenvalue -1: no Cayley parameter
         return None
     # cayley: top = 2 (I + a)^-1 - I, bottom = -2 v (I + a)^-1, a = u - u^T + v^T v.
-    a = 2.0 * inverse - np.eye(cols)
+    a = 2.0 * inverse - eye
     v = -bottom @ inverse
-    skew = a - v.T @ v
-    w = np.concatenate([skew / 2.0, v]).astype(np.float32)
-    if not np.all(np.isfinite(w)) or np.max(np.abs(np.asarray(linalg.cayley(tf.constant(w))) - q)) > atol:
+    skew = a - tf.transpose(v) @ v
+    w = tf.cast(tf.concat([skew / 2.0, v], axis=0), tf.float32)
+    gap = tf.reduce_max(tf.abs(tf.cast(linalg.cayley(w), tf.float64) - q))
+    if not bool(tf.reduce_all(tf.math.is_finite(w))) or float(gap) > atol:
         return None
-    return w
+    return w.numpy()

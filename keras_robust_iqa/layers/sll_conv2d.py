@@ -116,8 +116,10 @@ class SLLConv2D(contract.LayerContract, keras.layers.Layer):
 
     def get_config(self):
         config = super().get_config()
+        # Once built, the inner width is fixed: a copy with fewer input channels (pruned) keeps it.
+        inner = int(self.kernel.shape[-1]) if self.built else self.inner_channels
         config.update(
-            kernel_size=self.kernel_size, inner_channels=self.inner_channels, use_bias=self.use_bias,
+            kernel_size=self.kernel_size, inner_channels=inner, use_bias=self.use_bias,
             kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
             bias_initializer=keras.initializers.serialize(self.bias_initializer),
         )

@@ -22,7 +22,7 @@ from keras_robust_iqa.deployment.runtimes import load_runtime
 from keras_robust_iqa.layers import BlockOrthoConv2D, GroupSort, MaxMin, OrthoConv2D, OrthoDense, RobustBlock
 from keras_robust_iqa.layers.lowered_conv2d import CircularPadding2D
 from keras_robust_iqa.layers.lowered_max_min import LoweredMaxMin
-from keras_robust_iqa.models.robustify import flat_layers
+from keras_robust_iqa.models.graph import flat_layers
 
 PATCH = 32
 # A robust kind is `robustify`'s mode, with "-block" for the compact-kernel convolution.

@@ -5,7 +5,7 @@ import tensorflow as tf
 from helpers import jacobian_spectral_norms
 
 from keras_robust_iqa.deployment import deployment_model
-from keras_robust_iqa.layers import SLLConv2D
+from keras_robust_iqa.layers import AOLConv2D, SLLConv2D
 from keras_robust_iqa.layers.linalg import jacobian_spectral_norm
 from keras_robust_iqa.models import lipschitz_bound, robustify
 from keras_robust_iqa.models.graph import flat_layers
@@ -74,3 +74,22 @@ def test_robustify_replace_with_sll_where_channels_are_kept():
 def test_even_kernel_is_refused():
     with pytest.raises(ValueError, match="kernel_size"):
         SLLConv2D(kernel_size=2)
+
+
+def test_pruning_keeps_the_inner_width_and_the_certificate():
+    """Pruning slices the input side of W (channels in = out); the inner channels stay, and so does the bound."""
+    from keras_robust_iqa.layers import GlobalL2NormPooling2D, MaxMin, OrthoDense
+    from keras_robust_iqa.pruning import prune
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = MaxMin()(AOLConv2D(8, name="widen")(inputs))
+    x = SLLConv2D(name="sll")(x)
+    model = keras.Model(inputs, OrthoDense(1)(GlobalL2NormPooling2D()(x)))
+    pruned = prune(model, 0.25)
+    sll = pruned.get_layer("sll")
+    assert sll.input_channels == 6 and sll.kernel.shape[-1] == 8
+    assert lipschitz_bound(pruned) == pytest.approx(1 / 8)
+    probe = np.random.default_rng(4).uniform(size=(2, 8, 8, 3)).astype("float32")
+    measured = np.asarray(jacobian_spectral_norm(lambda t: pruned(t), probe, iterations=20))
+    assert measured.max() <= lipschitz_bound(pruned) * (1 + 1e-4)

@@ -239,8 +239,9 @@ def test_lipschitz_of_relu_variants():
 
 def test_replace_centres_inputs_with_a_shift_that_keeps_the_bound():
     base = small_iqa_cnn(32)
-    centred = robustify(base, "replace")
-    plain = robustify(base, "replace", input_offset=None)
+    # The weights are set below: no start from the base's kernels is needed.
+    centred = robustify(base, "replace", keep_weights=False)
+    plain = robustify(base, "replace", input_offset=None, keep_weights=False)
     # The centring layer reads the input and feeds the first convolution.
     readers = [layer for layer in centred.layers if layer.input is centred.inputs[0] or layer.input is centred.input]
     assert [type(layer).__name__ for layer in readers] == ["Rescaling"]
@@ -277,9 +278,10 @@ def test_lipschitz_bound_refuses_uncertifiable_models():
 
 def test_replace_resnet50_crops_and_convex_residuals():
     # Structure and certificate only: a forward pass of a 23M-parameter
-    # orthogonal ResNet50 costs minutes of Cayley solves on a CPU.
+    # orthogonal ResNet50 costs minutes of Cayley solves on a CPU, and so does fitting
+    # its 3x3 kernels to random weights (keep_weights is tested on a small model).
     base = backbone_iqa_model("resnet50", 32, weights=None)
-    model = robustify(base, "replace")
+    model = robustify(base, "replace", keep_weights=False)
     sub = [layer for layer in model.layers if isinstance(layer, keras.Model)]
     assert sub, "the backbone is a nested model"
     nested = sub[0]
