@@ -44,7 +44,7 @@ def test_global_l2_norm_pooling_lipschitz_constant():
 
 
 @pytest.mark.parametrize(
-    "cls,kwargs",
+    "cls,kwargs,output_shape,mixed_dtype",
     [(L2NormPooling2D, dict(pool_size=2), (2, 2, 3), "float32"), (InvertibleDownsampling, {}, (2, 2, 12), "float16"),
      (GlobalL2NormPooling2D, {}, (3,), "float32")],
 )
