@@ -186,7 +186,10 @@ def test_cache_is_not_saved_as_weights():
     ],
 )
 def test_layer_round_trips_and_trains(kwargs, tmp_path):
-    run_layer_test(BlockOrthoConv2D, kwargs, (8, 8, 4), tmp_path, atol=1e-5)
+    # A grouped convolution runs through XLA, compiled at each eager call, which makes the power
+    # iteration cost 15 s: its operator's singular values are checked exactly above (CIRCULAR_CASES, groups=2).
+    samples = 0 if kwargs.get("groups", 1) > 1 else 3
+    run_layer_test(BlockOrthoConv2D, kwargs, (8, 8, 4), tmp_path, atol=1e-5, lipschitz_samples=samples)
 
 
 def test_mixed_precision_keeps_float32_and_orthogonality():
