@@ -239,7 +239,7 @@ def test_lipschitz_of_relu_variants():
 
 def test_replace_centres_inputs_with_a_shift_that_keeps_the_bound():
     base = small_iqa_cnn(32)
-    # The weights are set below: no start from the base's kernels is needed.
+    # The weights are set below (and the ResNet50 is random): no start from kernels is needed.
     centred = robustify(base, "replace", keep_weights=False)
     plain = robustify(base, "replace", input_offset=None, keep_weights=False)
     # The centring layer reads the input and feeds the first convolution.
@@ -253,7 +253,7 @@ def test_replace_centres_inputs_with_a_shift_that_keeps_the_bound():
     np.testing.assert_allclose(centred(x), plain(x - 0.5), atol=1e-5)
     assert lipschitz_bound(centred) == pytest.approx(lipschitz_bound(plain))
     # Backbones preprocess their inputs themselves: no second shift.
-    resnet = robustify(backbone_iqa_model("resnet50", 32, weights=None), "replace")
+    resnet = robustify(backbone_iqa_model("resnet50", 32, weights=None), "replace", keep_weights=False)
     assert "centre_inputs" not in [layer.name for layer in resnet.layers]
 
 
