@@ -63,7 +63,7 @@ def main(argv=None):
     images = np.random.default_rng(0).uniform(0, 1, size=(args.images, args.size, args.size, 3)).astype("float32")
     print(f"{args.images} images of {args.size}x{args.size}, MSU default settings; images per second (best of "
           f"{args.repeats})")
-    print(f"| attack | base | robust | robust / base |\n|---|---|---|---|")
+    print("| attack | base | robust | robust / base |\n|---|---|---|---|")
     for name in args.attacks.split(","):
         calls = {label: attack_call(name, model, images) for label, model in (("base", base), ("robust", robust))}
         for call in calls.values():

@@ -26,7 +26,6 @@ import time
 
 import numpy as np
 
-
 FLOOR = "floor of OrthoConv2D(same)"
 
 

@@ -3,7 +3,8 @@
 A training step of OrthoConv2D solves `m z = x` for every frequency and, in the backward
 pass, the adjoint system `m^H w = g`. `keras_robust_iqa.layers.linalg.solve` inverts `m`
 once and multiplies; the alternatives factorise once (`tf.linalg.lu`) and run triangular
-solves, or call `tf.linalg.solve` (whose gradient factorises again). All are timed side by side on the systems of the layers benchmark (64x64 input,
+solves, or call `tf.linalg.solve` (whose gradient factorises again). All are timed side by side
+on the systems of the layers benchmark (64x64 input,
 3x3 kernel, same padding: 66 x 34 = 2,244 frequencies, 32 channels, batch 16), compiled,
 interleaved, best of three rounds; their results are checked against each other first.
 The factorisation alone is timed too: the part no exact solve avoids.

@@ -13,7 +13,7 @@ if "tensorflow" not in _sys.modules:
 
 # Importing the package registers every serializable class (layers, metrics,
 # losses), so `keras.saving.load_model(path, safe_mode=True)` finds them.
-from keras_robust_iqa import layers  # noqa: E402,F401
-from keras_robust_iqa.models import backbones as _backbones  # noqa: E402,F401
-from keras_robust_iqa.training import losses as _losses  # noqa: E402,F401
-from keras_robust_iqa.training import metrics as _metrics  # noqa: E402,F401
+from keras_robust_iqa import layers  # noqa: F401
+from keras_robust_iqa.models import backbones as _backbones  # noqa: F401
+from keras_robust_iqa.training import losses as _losses  # noqa: F401
+from keras_robust_iqa.training import metrics as _metrics  # noqa: F401

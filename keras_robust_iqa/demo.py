@@ -267,11 +267,12 @@ class _Progress:
 
 def build_report(out, settings, model_runs, timings):
     """Everything the stages measured, gathered from their folders."""
+    from keras_robust_iqa import run_folder
+
     evaluation = json.loads((out / "evaluation" / "report.json").read_text())
     models = {}
     for run in model_runs:
-        metrics = json.loads((run / "metrics.json").read_text())
-        config = json.loads((run / "config.json").read_text())
+        metrics, config = run_folder.read_metrics(run), run_folder.read_config(run)
         attacked = evaluation["models"].get(run.name, {})
         models[run.name] = {
             "run": str(run),

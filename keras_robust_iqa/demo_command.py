@@ -21,8 +21,10 @@ def add_parser(subparsers):
     p.add_argument("--model", default=d.model, choices=("small", "resnet50", "mobilenetv3", "efficientnetv2b0"),
                    help=f"base model (default: {d.model}); the backbones want a GPU")
     p.add_argument("--weights", help="starting weights of a backbone: imagenet or a .weights.h5 file (default: none)")
-    p.add_argument("--patch-size", type=int, help=f"side of the square patches the models score (default: {d.patch_size})")
-    p.add_argument("--epochs", type=int, help=f"epochs of the base model; the NT and adversarial baselines get half, about the "
+    p.add_argument("--patch-size", type=int,
+                   help=f"side of the square patches the models score (default: {d.patch_size})")
+    p.add_argument("--epochs", type=int,
+                   help=f"epochs of the base model; the NT and adversarial baselines get half, about the "
                    f"same training time (default: {d.epochs})")
     p.add_argument("--robust-epochs", type=int,
                    help=f"epochs of the replace model; insert, fine-tuned from the base, gets a third "

@@ -8,8 +8,8 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 sys.path.insert(0, os.path.dirname(__file__))
 
 
-import pytest  # noqa: E402  (after the environment is set for TensorFlow)
-from helpers import BUILTIN_SIZE  # noqa: E402
+import pytest  # after the environment is set for TensorFlow
+from helpers import BUILTIN_SIZE
 
 
 @pytest.fixture(scope="session")

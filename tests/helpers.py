@@ -1,6 +1,5 @@
-"""Shared test helpers: a keras-hub style `run_layer_test` and operator checks."""
+"""Shared test helpers: operator checks (the layer-test helper is `keras_robust_iqa.testing`)."""
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -37,51 +36,3 @@ def jacobian_spectral_norms(fn, x):
         m = np.asarray(jac).reshape(int(np.prod(y.shape)), -1)
         norms.append(np.linalg.norm(m, 2))
     return np.array(norms)
-
-
-def run_layer_test(layer_cls, init_kwargs, input_shape, tmp_path, *, train=True, atol=1e-6):
-    """Config round trip, `.keras` save/load in safe mode, clone_model and `fit`.
-
-    Returns the model built around the layer.
-    """
-    rng = np.random.default_rng(0)
-    x = rng.uniform(size=(4, *input_shape)).astype("float32")
-
-    # Config round trip.
-    layer = layer_cls(**init_kwargs)
-    config = layer.get_config()
-    restored = layer_cls.from_config(config)
-    assert restored.get_config() == config
-
-    inputs = keras.Input(input_shape)
-    outputs = layer(inputs)
-    model = keras.Model(inputs, outputs)
-    expected = np.asarray(model(x, training=False))
-    assert np.all(np.isfinite(expected))
-
-    # The layer from its config, given the same weights, computes the same.
-    restored(x)
-    restored.set_weights(layer.get_weights())
-    np.testing.assert_allclose(np.asarray(restored(x, training=False)), expected, atol=atol)
-
-    # `.keras` file, reloaded in safe mode (no lambdas, registered classes only).
-    path = tmp_path / f"{layer_cls.__name__}.keras"
-    model.save(path)
-    reloaded = keras.saving.load_model(path, safe_mode=True)
-    np.testing.assert_allclose(np.asarray(reloaded(x, training=False)), expected, atol=atol)
-
-    # clone_model rebuilds from config; copy the weights and compare.
-    clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
-    np.testing.assert_allclose(np.asarray(clone(x, training=False)), expected, atol=atol)
-
-    # Trains inside model.fit (if it has weights) and stays finite.
-    if train:
-        target = rng.normal(size=expected.shape).astype("float32")
-        model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
-        history = model.fit(x, target, batch_size=2, epochs=2, verbose=0)
-        assert np.all(np.isfinite(history.history["loss"]))
-        if layer.trainable_weights:
-            after = np.asarray(model(x, training=False))
-            assert not np.allclose(after, expected), "fit did not change the outputs"
-    return model

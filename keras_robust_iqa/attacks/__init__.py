@@ -14,7 +14,12 @@ from keras_robust_iqa.attacks.gradient_free import square
 from keras_robust_iqa.attacks.loop import image_score_fn
 from keras_robust_iqa.attacks.transfer import transfer
 from keras_robust_iqa.attacks.universal import (
-    UAP_MSU_SETTINGS, UAP_VARIANTS, cumulative_uap, generative_uap, train_uap, uap,
+    UAP_MSU_SETTINGS,
+    UAP_VARIANTS,
+    cumulative_uap,
+    generative_uap,
+    train_uap,
+    uap,
 )
 
 # Every attack by name; all but pgd_l2 take an L-inf budget.

@@ -11,7 +11,6 @@ import tensorflow as tf
 from keras_robust_iqa.attacks.generators import GENERATOR_LEARNING_RATE, generate, unet_generator
 from keras_robust_iqa.attacks.loop import check_budget, run_batches, train_perturbation
 
-
 # The MSU benchmark's settings: Adam at 1e-3 for 5 epochs.
 FACPA_MSU_SETTINGS = dict(epochs=5, patience=None, learning_rate=1e-3)
 

@@ -10,7 +10,14 @@ factor `1 / range` (signed steps, normalised steps, Adam), so the attacks ascend
 import tensorflow as tf
 
 from keras_robust_iqa.attacks.loop import (
-    check_budget, compiled, image_score_fn, iterate, per_image_norm, project_linf, run_batches, score_and_gradient,
+    check_budget,
+    compiled,
+    image_score_fn,
+    iterate,
+    per_image_norm,
+    project_linf,
+    run_batches,
+    score_and_gradient,
 )
 
 

@@ -14,7 +14,8 @@ def square(model, images, eps=10 / 255, *, steps=100, p_init=0.05, seed=0, batch
 
     Starts from vertical stripes of `+-eps` where they raise the score (else
     from the image); each step proposes, per image, one random square window
-    set to `x0 +- eps` (one sign per channel) and keeps it where the score rises. The window covers a fraction `p` of the image,
+    set to `x0 +- eps` (one sign per channel) and keeps it where the score rises. The
+    window covers a fraction `p` of the image,
     `p_init` halved on the paper's schedule. Every proposal stays in the L-inf
     ball of radius `eps` and in [0, 1].
 

@@ -56,7 +56,7 @@ def exif_orientation(im: Image.Image) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow warns of a corrupt EXIF block: it only means no tag
             value = im.getexif().get(ORIENTATION_TAG, 1)
-    except Exception:  # noqa: BLE001 - a malformed EXIF block does not make the image unreadable
+    except Exception:  # a malformed EXIF block does not make the image unreadable
         return 1
     return int(value) if isinstance(value, int) and 1 <= value <= 8 else 1
 
@@ -66,7 +66,7 @@ def orientation_of_bytes(contents: bytes) -> np.int32:
     try:
         with Image.open(io.BytesIO(contents)) as im:
             return np.int32(exif_orientation(im))
-    except Exception:  # noqa: BLE001 - the decoder itself reports unreadable files
+    except Exception:  # the decoder itself reports unreadable files
         return np.int32(1)
 
 
@@ -95,7 +95,7 @@ def pillow_decode(contents: bytes) -> np.ndarray:
             return _rgb01(im)
     except UnidentifiedImageError:
         raise ValueError("not an image format Pillow or tf.io reads (unknown type, or corrupt)") from None
-    except Exception as error:  # noqa: BLE001 - every Pillow failure is an unreadable image
+    except Exception as error:  # every Pillow failure is an unreadable image
         raise ValueError(f"Pillow: {type(error).__name__}: {error}") from None
 
 

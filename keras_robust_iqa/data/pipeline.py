@@ -95,7 +95,7 @@ def _header_size(path: str) -> tuple[int, int]:
             return image_size(im)
     except FileNotFoundError:
         raise DataError(path, None, "image not found") from None
-    except Exception as e:  # noqa: BLE001 - any Pillow failure means an unreadable image
+    except Exception as e:  # any Pillow failure means an unreadable image
         raise DataError(path, None, f"cannot read the image header ({type(e).__name__}: {e})") \
             from None
 

@@ -33,6 +33,8 @@ import tempfile
 
 import numpy as np
 
+from keras_robust_iqa import run_folder
+
 FORMATS = ("savedmodel", "tflite", "onnx")
 ONNX_OPSET = 17
 # Float exports must match the Keras model this closely on the [0, 1] scale.
@@ -51,20 +53,8 @@ def resolve_formats(formats):
 
 
 def read_run_facts(run):
-    """`(name, patch_size, mos_range)` of a run folder, from its config.json."""
-    run = pathlib.Path(run)
-    if not run.is_dir():
-        raise FileNotFoundError(f"Run folder {run} does not exist.")
-    if not (run / "model.keras").is_file():
-        raise FileNotFoundError(f"Run folder {run} holds no model.keras (written by `robust-iqa train`).")
-    config_path = run / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"Run folder {run} holds no config.json (written by `robust-iqa train`).")
-    config = json.loads(config_path.read_text())
-    mos_range = config.get("mos_range")
-    if not (isinstance(mos_range, list) and len(mos_range) == 2 and mos_range[0] < mos_range[1]):
-        raise ValueError(f"{config_path}: `mos_range` must be [lo, hi] with lo < hi, got {mos_range!r}.")
-    return run.resolve().name, int(config["patch_size"]), (float(mos_range[0]), float(mos_range[1]))
+    """`(name, patch_size, mos_range)` of a run folder, from its config.json (`run_folder.facts`)."""
+    return run_folder.facts(run)
 
 
 def serving_function(deploy, patch_size, mos_range):
@@ -111,10 +101,7 @@ def export_run(run, out, formats="all", *, version=1, name=None, verbose=True):
     """
     formats = resolve_formats(formats)
     run_name, _, mos_range = read_run_facts(run)
-
-    from keras_robust_iqa.training.trainer import load_run_model
-
-    return export_model(load_run_model(run), out, formats, mos_range=mos_range, name=name or run_name,
+    return export_model(run_folder.load_model(run), out, formats, mos_range=mos_range, name=name or run_name,
                         version=version, verbose=verbose, run=run)
 
 
@@ -151,9 +138,9 @@ def export_model(model, out, formats="all", *, patch_size=None, whole_images=Fal
     mos_range = (lo, hi)
 
     from keras_robust_iqa.deployment.lowering import deployment_model
+    from keras_robust_iqa.deployment.runtimes import load_runtime
     from keras_robust_iqa.models.graph import check_graph_model
     from keras_robust_iqa.models.patches import model_patch_size, score_images, takes_any_size
-    from keras_robust_iqa.deployment.runtimes import load_runtime
 
     check_graph_model(model, "export_model")
     if whole_images:

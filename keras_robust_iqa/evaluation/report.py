@@ -6,12 +6,12 @@ import pathlib
 
 from keras_robust_iqa.evaluation.evaluate import eps_label
 from keras_robust_iqa.evaluation.examples import plot_attack_examples
+from keras_robust_iqa.evaluation.frontier import agg_pyplot, frontier_markdown, model_colours, plot_frontier, split_seed
 from keras_robust_iqa.evaluation.strength import CONVERGED
-from keras_robust_iqa.evaluation.frontier import (agg_pyplot, frontier_markdown, model_colours, plot_frontier,
-                                                  split_seed)
 
 _COLUMNS = (
-    ("eps", "eps"), ("abs gain", "abs_gain"), ("abs gain (raw)", "abs_gain_raw"), ("rel gain", "rel_gain"), ("R", "robustness_score"),
+    ("eps", "eps"), ("abs gain", "abs_gain"), ("abs gain (raw)", "abs_gain_raw"), ("rel gain", "rel_gain"),
+    ("R", "robustness_score"),
     ("R 95% CI", "robustness_score_ci95"), ("Wasserstein", "wasserstein_score"),
     ("energy", "energy_distance_score"), ("SROCC", "srocc"), ("PLCC", "plcc"), ("KRCC", "krcc"),
     ("certified bound", "certified_bound"), ("within bound", "within_certified_bound"),

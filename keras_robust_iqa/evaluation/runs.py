@@ -1,30 +1,28 @@
 """Evaluate the models of run folders on their dataset's test split and write the report."""
 
-import json
 import pathlib
 
 from keras_robust_iqa import attacks as iqa_attacks
 from keras_robust_iqa import data as iqa_data
+from keras_robust_iqa import run_folder
 from keras_robust_iqa.evaluation.evaluate import (
-    LEARNED, attack_key, attack_norm, eps_label, evaluate_model, evenly_spaced, lipschitz_bound_or_none,
+    LEARNED,
+    attack_key,
+    attack_norm,
+    eps_label,
+    evaluate_model,
+    evenly_spaced,
+    lipschitz_bound_or_none,
 )
 from keras_robust_iqa.evaluation.examples import attack_examples, example_attack
 from keras_robust_iqa.evaluation.frontier import DEFAULT_ATTACK, DEFAULT_EPS, build_frontier, same_budget
 from keras_robust_iqa.evaluation.label_gain import LABEL_ATTACKS, label_gain
 from keras_robust_iqa.evaluation.report import markdown_table, write_report
-from keras_robust_iqa.training.trainer import load_run_model
 
 
 def read_run_config(run):
-    """The `config.json` of a run folder."""
-    path = pathlib.Path(run) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"Run folder {run} holds no config.json (is it a `robust-iqa train` run?).")
-    config = json.loads(path.read_text())
-    missing = [key for key in ("dataset", "patch_size") if key not in config]
-    if missing:
-        raise ValueError(f"{path} lacks {missing}.")
-    return config
+    """The `config.json` of a run folder, with the keys evaluation needs."""
+    return run_folder.read_config(run, required=("dataset", "patch_size"))
 
 
 def _positive(value, name):
@@ -91,8 +89,8 @@ def evaluate_runs(runs, out, *, attacks=None, eps=(4 / 255,), l2_eps=(1.0,), ima
     builtin_dirs = [config.get("data_dir") for config in configs.values() if config["dataset"] == "builtin"]
     if label_gain and not builtin_dirs:
         raise ValueError("--label-gain attacks the labels of the built-in dataset; no run was trained on it.")
-    models = {run: load_run_model(run) for run in runs}
-    source_model = load_run_model(transfer_source) if transfer_source is not None else None
+    models = {run: run_folder.load_model(run) for run in runs}
+    source_model = run_folder.load_model(transfer_source) if transfer_source is not None else None
     names = _names(runs)
 
     report, details, splits = {"models": {}}, {}, {}
@@ -171,7 +169,7 @@ def _frontier_budget(frontier, attacks, eps, l2_eps):
 def _test_srocc(run):
     """The run's `metrics.json` test SROCC, or None where the folder has none."""
     try:
-        return float(json.loads((pathlib.Path(run) / "metrics.json").read_text())["test"]["srocc"])
+        return float(run_folder.read_metrics(run)["test"]["srocc"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

@@ -265,7 +265,7 @@ def score_files(paths, *, run=None, model_file=None, preset=None, eps=None, norm
         if chunk:
             try:
                 scores, bounds = scorer.score([image for _, image in chunk], eps, norm, batch_size)
-            except Exception:  # noqa: BLE001 - one image failing the runtime must not lose the others
+            except Exception:  # one image failing the runtime must not lose the others
                 scores, bounds = _one_by_one(scorer, chunk, eps, norm, batch_size, fail)
             for i, (path, image) in enumerate(chunk):
                 if scores[i] is None:
@@ -327,7 +327,7 @@ def _one_by_one(scorer, chunk, eps, norm, batch_size, fail):
     for i, (path, image) in enumerate(chunk):
         try:
             score, bound = scorer.score([image], eps, norm, batch_size)
-        except Exception as error:  # noqa: BLE001 - named and counted, the others go on
+        except Exception as error:  # named and counted, the others go on
             fail(path, f"the model cannot score it ({type(error).__name__}: {str(error).strip().splitlines()[-1]})")
             continue
         scores[i] = float(score[0])

@@ -1,5 +1,10 @@
-"""The RobustBlock family: orthogonal and norm-preserving Keras 3 layers."""
+"""The RobustBlock family: orthogonal, 1-Lipschitz and norm-preserving Keras 3 layers.
 
+Each states the layer contract (`layers.contract`); Keras's own layers get theirs from
+`layers.keras_rules`. A new layer: docs/layers.md.
+"""
+
+from keras_robust_iqa.layers.aol_conv2d import AOLConv2D
 from keras_robust_iqa.layers.block_ortho_conv2d import BlockOrthoConv2D
 from keras_robust_iqa.layers.channel_gain import ChannelGain
 from keras_robust_iqa.layers.convex_combination import ConvexCombination
@@ -12,8 +17,10 @@ from keras_robust_iqa.layers.ortho_conv2d import OrthoConv2D
 from keras_robust_iqa.layers.ortho_dense import OrthoDense
 from keras_robust_iqa.layers.output_scale import OutputScale
 from keras_robust_iqa.layers.robust_block import RobustBlock
+from keras_robust_iqa.layers.sll_conv2d import SLLConv2D
 
 __all__ = [
+    "AOLConv2D",
     "BlockOrthoConv2D",
     "ChannelGain",
     "ConvexCombination",
@@ -26,4 +33,5 @@ __all__ = [
     "OrthoDense",
     "OutputScale",
     "RobustBlock",
+    "SLLConv2D",
 ]

@@ -1,18 +1,20 @@
 import keras
+import numpy as np
 import tensorflow as tf
 
-from keras_robust_iqa.layers import linalg
+from keras_robust_iqa.layers import contract, linalg
+from keras_robust_iqa.layers.lowered_conv2d import CircularPadding2D, GroupedConv2D, circular_pad
 from keras_robust_iqa.layers.validation import (
     check_positive_int,
-    check_rank4,
     float32_dtype_policy,
+    input_channels,
     orthogonal_conv_arguments,
 )
 from keras_robust_iqa.layers.weight_cache import DerivedWeightCache
 
 
 @keras.saving.register_keras_serializable(package="keras_robust_iqa")
-class BlockOrthoConv2D(keras.layers.Layer):
+class BlockOrthoConv2D(contract.LayerContract, keras.layers.Layer):
     """Orthogonal 2-D convolution with a compact `k x k` kernel (BCOP / AOC).
 
     The kernel is a product of orthogonal factors, each exactly orthogonal by
@@ -56,7 +58,17 @@ class BlockOrthoConv2D(keras.layers.Layer):
 
     With `training=False` the merged kernel is cached and recomputed only when
     the weights change. Computation runs in float32 whatever the dtype policy.
+
+    Contract: Lipschitz 1; applies `orthogonal_kernel()`; its output channels are
+    prunable when `groups=1` (each free matrix loses the matching rows and columns);
+    lowers to a frozen `Conv2D` (a `GroupedConv2D` when grouped, after a
+    `CircularPadding2D` for circular padding); `start_from_kernel` fits the factors to
+    a trained kernel.
     """
+
+    # Adam steps and learning rate of `start_from_kernel`'s fit.
+    FIT_STEPS = 50
+    FIT_LEARNING_RATE = 0.05
 
     def __init__(
         self,
@@ -95,13 +107,7 @@ class BlockOrthoConv2D(keras.layers.Layer):
     # Weights ------------------------------------------------------------------
 
     def build(self, input_shape):
-        check_rank4(self, input_shape)
-        channels = input_shape[-1]
-        if channels is None:
-            raise ValueError(
-                f"{type(self).__name__} needs a known number of input channels, got "
-                f"input_shape={tuple(input_shape)}."
-            )
+        channels = input_channels(self, input_shape)
         if channels % self.groups:
             raise ValueError(
                 f"Argument `groups`={self.groups} must divide the input channels, got "
@@ -196,6 +202,97 @@ class BlockOrthoConv2D(keras.layers.Layer):
         kernel = tf.transpose(taps, (1, 2, 4, 0, 3))
         return tf.reshape(kernel, (kh, kw, cin, self.filters))
 
+    # The layer contract -----------------------------------------------------------
+
+    def lipschitz_constant(self, input_shape=None):
+        return 1.0
+
+    def applied_kernel(self):
+        return np.asarray(self.orthogonal_kernel(), np.float64)  # (kh, kw, cin / groups, cout)
+
+    def channel_role(self):
+        return contract.PRODUCER if self.groups == 1 else None
+
+    def slice_channels(self, new, kept_in, kept_out):
+        """The kept rows and columns of each free matrix.
+
+        Each factor of `new` is the Cayley transform of the kept part of the old
+        factor's free matrix: orthogonal by construction, close to the old factor's
+        kept part (fine-tuning recovers the difference). The projectors act on the
+        wider side (the input, when strided), whose kept channels index their rows; a
+        projector of width `n` has rank `n // 2`, so its first `n // 2` columns stay.
+        """
+        s = self.strides[0]
+        if self.projector_kernel is not None and new.projector_kernel is not None:
+            rows = kept_out if s == 1 and new.filters >= new.input_channels else kept_in
+            free = keras.ops.convert_to_numpy(self.projector_kernel)
+            new.projector_kernel.assign(free[:, :, rows, : new.projector_kernel.shape[-1]])
+        if self.mixing_kernel is not None:
+            free = keras.ops.convert_to_numpy(self.mixing_kernel)
+            rows = kept_out if s == 1 else kept_in
+            new.mixing_kernel.assign(free[:, rows][:, :, kept_in])
+        if self.downsampling_kernel is not None:
+            # Columns are laid out (tap row, tap column, input channel).
+            channels = self.input_channels
+            columns = [tap * channels + c for tap in range(s * s) for c in kept_in]
+            free = keras.ops.convert_to_numpy(self.downsampling_kernel)
+            new.downsampling_kernel.assign(free[:, kept_out][:, :, columns])
+        if self.use_bias:
+            new.bias.assign(keras.ops.convert_to_numpy(self.bias)[kept_out])
+
+    def lowered(self):
+        """The `Conv2D` this layer computes: its merged kernel, frozen.
+
+        A grouped one becomes a `GroupedConv2D` (one TensorFlow Conv2D op, which ONNX
+        reads; Keras's grouped Conv2D runs in an XLA function, which it cannot).
+        """
+        grouped = self.groups > 1
+        conv = (GroupedConv2D if grouped else keras.layers.Conv2D)(
+            self.filters, self.kernel_size, strides=self.strides, groups=self.groups,
+            padding="valid" if self.padding == "circular" else "same", use_bias=self.use_bias,
+            name=self.name, trainable=False,
+        )
+        conv.build((None, None, None, self.input_channels))
+        conv.kernel.assign(keras.ops.convert_to_numpy(self.orthogonal_kernel()))
+        if self.use_bias:
+            conv.bias.assign(keras.ops.convert_to_numpy(self.bias))
+        if self.padding != "circular":
+            return conv
+        pad = CircularPadding2D(self.kernel_size, self.strides[0], name=f"{self.name}_circular_pad")
+        return keras.Sequential([pad, conv], name=self.name)
+
+    def start_from_kernel(self, kernel):
+        """Fit the orthogonal factors to a trained `(kh, kw, cin / groups, filters)` kernel.
+
+        A 1x1 kernel (stride 1) is one matrix per group: its factor becomes the Cayley
+        parameter of the nearest (semi-)orthogonal matrix that the Cayley transform reaches
+        (`nearest_cayley_free`). Larger kernels are fitted: the orthogonal convolution
+        nearest `K` in the Frobenius norm maximises `<Q, K>`
+        (every orthogonal kernel has the same norm), so `FIT_STEPS` Adam steps from the
+        current factors maximise `<Q, K / ||K||>` over the kernels this parametrisation
+        reaches. The problem is not convex and the Cayley factors reach only part of
+        the orthogonal kernels (determinant +1 factors): the result is a local optimum,
+        the nearest orthogonal kernel only where the fit finds it. Returns False (and
+        changes nothing) for a kernel of another shape or all zeros.
+        """
+        target = np.asarray(keras.ops.convert_to_numpy(kernel), np.float32)
+        shape = (*self.kernel_size, self.input_channels // self.groups, self.filters)
+        if target.shape != shape or not np.any(target):
+            return False
+        if self.kernel_size == (1, 1) and self.strides[0] == 1:
+            # One orthogonal matrix per group: the nearest is known in closed form.
+            cout = self.filters // self.groups
+            free = [nearest_cayley_free(target[0, 0, :, g * cout:(g + 1) * cout].T) for g in range(self.groups)]
+            if all(f is not None for f in free):
+                self.mixing_kernel.assign(np.stack(free))
+                return True
+        target = tf.constant(target / np.linalg.norm(target))
+        free = self._free_weights()
+        fitted = _fit_function(self)([tf.convert_to_tensor(w) for w in free], target)
+        for weight, value in zip(free, fitted):
+            weight.assign(value)
+        return True
+
     # Computation --------------------------------------------------------------
 
     def call(self, inputs, training=None):
@@ -277,7 +374,6 @@ def _compose(outer, inner):
     outer taps fuse the same way: they read the inner output at `s p + i`).
     """
     a, b = outer.shape[1], outer.shape[2]
-    c, d = inner.shape[1], inner.shape[2]
     total = 0.0
     for i in range(a):
         for j in range(b):
@@ -286,23 +382,77 @@ def _compose(outer, inner):
     return total
 
 
-def circular_pad(x, kernel_size, stride):
-    """Wrap `x` around so that a VALID stride-`s` convolution is circular.
+# One traced fit per kernel configuration (a backbone repeats a few), see `_fit_function`.
+_FITS = {}
 
-    The offsets match `padding="same"`'s: `(k - s) // 2` rows before, the
-    rest after (the same taps, read from the other border instead of zeros).
+
+def _fit_function(layer):
+    """`fit(free, target)`: the free matrices after `FIT_STEPS` Adam steps maximising `<Q, target>`.
+
+    A function of tensors (Adam written out), traced once for each configuration the merge
+    depends on and shared by every layer of that configuration: tracing costs far more than
+    the steps.
     """
-    for axis, k in zip((1, 2), kernel_size):
-        before = (k - stride) // 2
-        after = k - stride - before
-        index = [slice(None)] * 4
-        parts = []
-        if before:
-            index[axis] = slice(-before, None)
-            parts.append(x[tuple(index)])
-        parts.append(x)
-        if after:
-            index[axis] = slice(None, after)
-            parts.append(x[tuple(index)])
-        x = tf.concat(parts, axis=axis) if len(parts) > 1 else x
-    return x
+    key = (layer.kernel_size, layer.strides, layer.groups, layer.input_channels, layer.filters,
+           layer.FIT_STEPS, layer.FIT_LEARNING_RATE)
+    if key in _FITS:
+        return _FITS[key]
+    merge = layer._merge  # depends on the configuration only, not on the layer's weights
+    steps, rate = layer.FIT_STEPS, layer.FIT_LEARNING_RATE
+    beta1, beta2, eps = 0.9, 0.999, 1e-7
+
+    @tf.function(reduce_retracing=True)
+    def fit(free, target):
+        first = [tf.zeros_like(w) for w in free]
+        second = [tf.zeros_like(w) for w in free]
+        for step in tf.range(1, steps + 1):
+            with tf.GradientTape() as tape:
+                tape.watch(free)
+                loss = -tf.reduce_sum(merge(*free) * target)
+            grads = tape.gradient(loss, free)
+            t = tf.cast(step, tf.float32)
+            first = [beta1 * m + (1 - beta1) * g for m, g in zip(first, grads)]
+            second = [beta2 * v + (1 - beta2) * g * g for v, g in zip(second, grads)]
+            scale = rate * tf.sqrt(1 - beta2**t) / (1 - beta1**t)
+            free = [w - scale * m / (tf.sqrt(v) + eps) for w, m, v in zip(free, first, second)]
+        return free
+
+    _FITS[key] = fit
+    return fit
+
+
+def nearest_cayley_free(m, atol=1e-4):
+    """A free matrix `w` whose `linalg.cayley(w)` is the (semi-)orthogonal matrix nearest `m`.
+
+    The nearest matrix with orthonormal columns (rows, for a wide `m`) in the Frobenius
+    norm is the polar factor `U V^T` of `m = U S V^T`. A square Cayley transform has
+    determinant +1, so where `det(U V^T) = -1` the nearest one it reaches flips the
+    direction of the smallest singular value. The transform is then inverted
+    (`linalg.cayley`'s construction, solved for `w`). Returns None where it cannot be
+    (an eigenvalue -1, or a result that does not reproduce the target within `atol`).
+    """
+    m = tf.constant(m, tf.float64)
+    rows, cols = m.shape
+    if rows < cols:
+        w = nearest_cayley_free(tf.transpose(m), atol)
+        return None if w is None else w.T
+    # TensorFlow's linear algebra, not numpy's: numpy's BLAS threads contend with TensorFlow's.
+    _, u, v = tf.linalg.svd(m)
+    if rows == cols and float(tf.linalg.det(u @ tf.transpose(v))) < 0:
+        u = tf.concat([u[:, :-1], -u[:, -1:]], axis=1)
+    q = u @ tf.transpose(v)
+    top, bottom = q[:cols], q[cols:]
+    eye = tf.eye(cols, dtype=tf.float64)
+    try:
+        inverse = tf.linalg.inv(top + eye)
+    except tf.errors.InvalidArgumentError:  # an eigenvalue -1: no Cayley parameter
+        return None
+    # cayley: top = 2 (I + a)^-1 - I, bottom = -2 v (I + a)^-1, a = u - u^T + v^T v.
+    a = 2.0 * inverse - eye
+    v = -bottom @ inverse
+    skew = a - tf.transpose(v) @ v
+    w = tf.cast(tf.concat([skew / 2.0, v], axis=0), tf.float32)
+    gap = tf.reduce_max(tf.abs(tf.cast(linalg.cayley(w), tf.float64) - q))
+    if not bool(tf.reduce_all(tf.math.is_finite(w))) or float(gap) > atol:
+        return None
+    return w.numpy()

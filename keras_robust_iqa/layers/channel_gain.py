@@ -1,5 +1,8 @@
 import keras
+import numpy as np
 import tensorflow as tf
+
+from keras_robust_iqa.layers import contract
 
 
 @keras.saving.register_keras_serializable(package="keras_robust_iqa")
@@ -11,7 +14,7 @@ class UnitBox(keras.constraints.Constraint):
 
 
 @keras.saving.register_keras_serializable(package="keras_robust_iqa")
-class ChannelGain(keras.layers.Layer):
+class ChannelGain(contract.LayerContract, keras.layers.Layer):
     """Per-channel gains `|d_c| <= 1`: `y[..., c] = d_c * x[..., c]`.
 
     A diagonal contraction, so 1-Lipschitz (its constant is `max |d_c|`).
@@ -20,6 +23,9 @@ class ChannelGain(keras.layers.Layer):
     orthogonal layer (`robustify(..., channel_gains=True)`) the gains give it
     that freedom and keep the certificate. They start at 1 (the orthogonal
     layer unchanged) and are clipped to [-1, 1] after each update.
+
+    Contract: Lipschitz `max |d_c|`; one weight per channel, sliced with it; the pruning
+    criterion multiplies a channel's score by `|d_c|`.
     """
 
     def build(self, input_shape):
@@ -30,10 +36,19 @@ class ChannelGain(keras.layers.Layer):
     def call(self, inputs):
         return inputs * tf.cast(self.gain, inputs.dtype)
 
-    def lipschitz_constant(self):
+    def lipschitz_constant(self, input_shape=None):
         # The weights as they are, not as the constraint would clip them:
         # set_weights can put any value here.
         return float(keras.ops.max(keras.ops.abs(self.gain)))
+
+    def channel_role(self):
+        return contract.CHANNELWISE
+
+    def channel_scale(self):
+        return np.abs(keras.ops.convert_to_numpy(self.gain).astype(np.float64))
+
+    def slice_channels(self, new, kept_in, kept_out):
+        new.set_weights([w[kept_in] for w in self.get_weights()])
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -1,14 +1,20 @@
 import keras
+import numpy as np
 import tensorflow as tf
+
+from keras_robust_iqa.layers import contract
 
 
 @keras.saving.register_keras_serializable(package="keras_robust_iqa")
-class ConvexCombination(keras.layers.Layer):
+class ConvexCombination(contract.LayerContract, keras.layers.Layer):
     """Learnable convex combination of its inputs: `sum_i w_i x_i`, `w = softmax(logits)`.
 
     The 1-Lipschitz replacement for `Add`: a sum of two 1-Lipschitz branches
     (a residual connection) can double a perturbation, a convex combination
     of them cannot. Starts as the plain average.
+
+    Contract: the output's Lipschitz bound is the weighted mean of the inputs'; an
+    element-wise merge for pruning (channel `c` of every input is one channel).
     """
 
     def build(self, input_shape):
@@ -33,6 +39,12 @@ class ConvexCombination(keras.layers.Layer):
         self.logits = self.add_weight(
             name="logits", shape=(len(input_shape),), initializer="zeros"
         )
+
+    def merged_lipschitz(self, bounds):
+        return float(np.dot(np.asarray(self.weights_simplex()), bounds))
+
+    def channel_role(self):
+        return contract.MERGE
 
     def weights_simplex(self):
         return tf.nn.softmax(tf.cast(self.logits, tf.float32))

@@ -1,11 +1,12 @@
 import keras
 import tensorflow as tf
 
+from keras_robust_iqa.layers import contract
 from keras_robust_iqa.layers.validation import check_rank4, float32_dtype_policy
 
 
 @keras.saving.register_keras_serializable(package="keras_robust_iqa")
-class GlobalL2NormPooling2D(keras.layers.Layer):
+class GlobalL2NormPooling2D(contract.LayerContract, keras.layers.Layer):
     """Per-channel Euclidean norm over space, divided by `sqrt(H * W)`.
 
     `y_c = sqrt(mean_hw x_c^2)`: the root-mean-square of each channel. The
@@ -34,9 +35,19 @@ class GlobalL2NormPooling2D(keras.layers.Layer):
         y = tf.sqrt(tf.reduce_mean(tf.square(x), axis=(1, 2)) + self.epsilon)
         return tf.cast(y, self.compute_dtype)
 
-    def lipschitz_constant(self, input_shape):
-        """L2 Lipschitz constant for inputs of this shape: `1 / sqrt(H * W)`."""
-        return float(input_shape[1] * input_shape[2]) ** -0.5
+    def lipschitz_constant(self, input_shape=None):
+        """L2 Lipschitz constant for inputs of this shape: `1 / sqrt(H * W)`.
+
+        `input_shape`: default, the layer's first call; with no static map size, 1
+        (the map `x -> ||x||` alone: a bound at every input size).
+        """
+        shape = input_shape if input_shape is not None else self.input.shape
+        if None in tuple(shape[1:3]):
+            return 1.0
+        return float(shape[1] * shape[2]) ** -0.5
+
+    def channel_role(self):
+        return contract.PASS
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[3])

@@ -1,11 +1,13 @@
 import keras
 import tensorflow as tf
 
+from keras_robust_iqa.layers import contract
+from keras_robust_iqa.layers.lowered_max_min import LoweredMaxMin
 from keras_robust_iqa.layers.validation import check_positive_int, float32_dtype_policy
 
 
 @keras.saving.register_keras_serializable(package="keras_robust_iqa")
-class GroupSort(keras.layers.Layer):
+class GroupSort(contract.LayerContract, keras.layers.Layer):
     """Sorts the channels within consecutive groups of `group_size`.
 
     A sort is a permutation of its inputs, so the Jacobian is a permutation
@@ -17,6 +19,10 @@ class GroupSort(keras.layers.Layer):
         group_size: number of channels sorted together; must divide the
             number of channels.
         axis: the channel axis.
+
+    Contract: Lipschitz 1 (a permutation); channels pass through, each group tied;
+    groups of two along the last axis lower to `LoweredMaxMin` (1x1 convolutions and a
+    ReLU, which TFLite runs faster than a compare-and-swap).
     """
 
     def __init__(self, group_size=2, axis=-1, **kwargs):
@@ -54,6 +60,20 @@ class GroupSort(keras.layers.Layer):
         if axis != len(x.shape) - 1:
             y = tf.experimental.numpy.moveaxis(y, -1, axis)
         return tf.cast(y, self.compute_dtype)
+
+    def lipschitz_constant(self, input_shape=None):
+        return 1.0
+
+    def channel_role(self):
+        return contract.PASS if self.axis == -1 else None
+
+    def tied_channels(self):
+        return self.group_size
+
+    def lowered(self):
+        if self.group_size == 2 and self.axis == -1:
+            return LoweredMaxMin(name=self.name)
+        return self
 
     def compute_output_shape(self, input_shape):
         return input_shape

@@ -1,11 +1,12 @@
 import keras
 import tensorflow as tf
 
+from keras_robust_iqa.layers import contract
 from keras_robust_iqa.layers.validation import check_positive_int, check_rank4
 
 
 @keras.saving.register_keras_serializable(package="keras_robust_iqa")
-class InvertibleDownsampling(keras.layers.Layer):
+class InvertibleDownsampling(contract.LayerContract, keras.layers.Layer):
     """Space-to-depth: `(H, W, C) -> (H / s, W / s, C * s * s)`.
 
     A permutation of the inputs, hence orthogonal and exactly invertible:
@@ -31,6 +32,12 @@ class InvertibleDownsampling(keras.layers.Layer):
 
     def call(self, inputs):
         return tf.nn.space_to_depth(inputs, self.pool_size)
+
+    def lipschitz_constant(self, input_shape=None):
+        return 1.0
+
+    def channel_role(self):
+        return contract.SPACE_TO_DEPTH
 
     def compute_output_shape(self, input_shape):
         b, h, w, c = input_shape

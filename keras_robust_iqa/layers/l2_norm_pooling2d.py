@@ -1,6 +1,7 @@
 import keras
 import tensorflow as tf
 
+from keras_robust_iqa.layers import contract
 from keras_robust_iqa.layers.validation import (
     check_rank4,
     float32_dtype_policy,
@@ -9,7 +10,7 @@ from keras_robust_iqa.layers.validation import (
 
 
 @keras.saving.register_keras_serializable(package="keras_robust_iqa")
-class L2NormPooling2D(keras.layers.Layer):
+class L2NormPooling2D(contract.LayerContract, keras.layers.Layer):
     """L2-norm pooling over non-overlapping windows: `sqrt(sum_window x^2)`.
 
     Each output is the Euclidean norm of its own window, and the windows do not
@@ -47,6 +48,12 @@ class L2NormPooling2D(keras.layers.Layer):
         ph, pw = self.pool_size
         sums = tf.nn.avg_pool2d(tf.square(x), (ph, pw), (ph, pw), "VALID") * float(ph * pw)
         return tf.cast(tf.sqrt(sums + self.epsilon), self.compute_dtype)
+
+    def lipschitz_constant(self, input_shape=None):
+        return 1.0
+
+    def channel_role(self):
+        return contract.PASS
 
     def compute_output_shape(self, input_shape):
         b, h, w, c = input_shape

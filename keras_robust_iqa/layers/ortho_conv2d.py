@@ -1,7 +1,9 @@
 import keras
+import numpy as np
 import tensorflow as tf
 
-from keras_robust_iqa.layers import linalg
+from keras_robust_iqa.layers import contract, linalg
+from keras_robust_iqa.layers.lowered_conv2d import LoweredOrthoConv2D
 from keras_robust_iqa.layers.validation import (
     check_rank4,
     float32_dtype_policy,
@@ -11,7 +13,7 @@ from keras_robust_iqa.layers.weight_cache import DerivedWeightCache
 
 
 @keras.saving.register_keras_serializable(package="keras_robust_iqa")
-class OrthoConv2D(keras.layers.Layer):
+class OrthoConv2D(contract.LayerContract, keras.layers.Layer):
     """Orthogonal 2-D convolution computed in the Fourier domain.
 
     `y = irfft2d(Q(u, v) @ rfft2d(x)(u, v)) + bias`, where each per-frequency
@@ -38,6 +40,12 @@ class OrthoConv2D(keras.layers.Layer):
 
     Computation runs in float32 whatever the dtype policy: FFTs and matrix
     inverses in half precision are not accurate enough to stay orthogonal.
+
+    Contract: Lipschitz 1; applies the circular kernel `irfft2d(Q(u, v))` over the
+    whole FFT grid; output channels prunable (the free kernel loses the matching
+    rows and columns, `alpha` keeps its scale); lowers to `LoweredOrthoConv2D`
+    (real DFT matrix products); `start_from_kernel` takes a trained kernel as its
+    free kernel.
     """
 
     def __init__(
@@ -164,6 +172,46 @@ class OrthoConv2D(keras.layers.Layer):
         s = self.strides[0]
         return (b, None if h is None else h // s, None if w is None else w // s, self.filters)
 
+    # The layer contract -----------------------------------------------------------
+
+    def lipschitz_constant(self, input_shape=None):
+        return 1.0
+
+    def applied_kernel(self):
+        """The taps of the circular convolution the layer computes, `(cin, fh, fw, cout)`.
+
+        Not the free kernel it is parameterised by: the Cayley transform of a zero
+        matrix is the identity, so a small free row does not make a quiet channel.
+        """
+        fh, fw = self.fft_size
+        q = self.frequency_matrices()  # (fh * (fw // 2 + 1), cout, cin)
+        q = tf.reshape(q, (fh, fw // 2 + 1, self.filters, self.input_channels))
+        taps = tf.signal.irfft2d(tf.transpose(q, (2, 3, 0, 1)), fft_length=(fh, fw))
+        return np.moveaxis(np.asarray(taps, np.float64), 0, -1)
+
+    def channel_role(self):
+        return contract.PRODUCER
+
+    def kernel_inputs(self, kept_in):
+        """Kernel input channels of the kept input channels.
+
+        With `strides=s` the kernel reads the space-to-depth rearrangement, whose
+        channel `k * C + c` (k < s * s) holds input channel `c`.
+        """
+        s = self.strides[0]
+        channels = self.input_channels // (s * s)
+        return [k * channels + c for k in range(s * s) for c in kept_in]
+
+    def slice_channels(self, new, kept_in, kept_out):
+        """The kept entries of the scaled free kernel `alpha * K / ||K||`."""
+        copy_scaled_kernel(self, new, self.kernel_inputs(kept_in), kept_out)
+
+    def lowered(self):
+        return LoweredOrthoConv2D.from_ortho_conv(self)
+
+    def start_from_kernel(self, kernel):
+        return start_from_free_kernel(self, kernel)
+
     def get_config(self):
         config = super().get_config()
         config.update(
@@ -216,3 +264,33 @@ def apply_frequency_matrices(x, q, height=None, width=None):
     height = height or x.shape[1]
     width = width or x.shape[2]
     return from_frequency(tf.matmul(q, to_frequency(x, height, width)), height, width, crop=x.shape[1:3])
+
+
+def copy_scaled_kernel(old, new, kept_in, kept_out):
+    """Slice a Cayley layer's free kernel (`OrthoConv2D`, `OrthoDense`) into `new`.
+
+    Same scale `alpha / ||K||` as before: the kept entries of the matrix the Cayley
+    transform sees are unchanged. Its transform is orthogonal (or semi-orthogonal) by
+    construction; the function of the kept channels changes a little (the Cayley
+    transform of a block is not the block of the Cayley transform).
+    """
+    new.kernel.assign(contract.slice_kernel(old.kernel, kept_in, kept_out))
+    new.alpha.assign(old.alpha * new.kernel_norm() / old.kernel_norm())
+    if old.use_bias:
+        new.bias.assign(keras.ops.convert_to_numpy(old.bias)[kept_out])
+
+
+def start_from_free_kernel(layer, kernel):
+    """A trained kernel of the layer's free kernel's shape becomes the free kernel.
+
+    A Cayley layer's `alpha` becomes its norm: the layer then applies the Cayley
+    transform of the trained kernel's scaled spectrum (an AOL layer, its rescaling).
+    Returns False (and changes nothing) for another shape or an all-zero kernel.
+    """
+    source = np.asarray(keras.ops.convert_to_numpy(kernel))
+    if tuple(layer.kernel.shape) != source.shape or not np.any(source):
+        return False
+    layer.kernel.assign(source)
+    if hasattr(layer, "alpha"):
+        layer.alpha.assign(layer.kernel_norm())
+    return True

@@ -1,12 +1,14 @@
 import keras
+import numpy as np
 import tensorflow as tf
 
-from keras_robust_iqa.layers import linalg
+from keras_robust_iqa.layers import contract, linalg
+from keras_robust_iqa.layers.ortho_conv2d import copy_scaled_kernel, start_from_free_kernel
 from keras_robust_iqa.layers.validation import check_positive_int, float32_dtype_policy
 
 
 @keras.saving.register_keras_serializable(package="keras_robust_iqa")
-class OrthoDense(keras.layers.Layer):
+class OrthoDense(contract.LayerContract, keras.layers.Layer):
     """Dense layer with an orthogonal weight matrix, via the Cayley transform.
 
     `y = x @ Q^T + bias` with `Q = cayley(alpha * W^T / ||W||)` of shape
@@ -16,6 +18,10 @@ class OrthoDense(keras.layers.Layer):
     Args:
         units: number of outputs.
         use_bias: add a bias.
+
+    Contract: Lipschitz 1; applies `Q` (`applied_kernel`: `Q^T`, units last); units
+    prunable (the free kernel loses the matching rows and columns); lowers to a frozen
+    `Dense` holding `Q^T`.
     """
 
     def __init__(
@@ -70,6 +76,32 @@ class OrthoDense(keras.layers.Layer):
         if self.use_bias:
             y = y + self.bias
         return tf.cast(y, self.compute_dtype)
+
+    # The layer contract -----------------------------------------------------------
+
+    def lipschitz_constant(self, input_shape=None):
+        return 1.0
+
+    def applied_kernel(self):
+        return np.asarray(self.orthogonal_matrix(), np.float64).T  # (input_dim, units)
+
+    def channel_role(self):
+        return contract.PRODUCER
+
+    def slice_channels(self, new, kept_in, kept_out):
+        copy_scaled_kernel(self, new, kept_in, kept_out)
+
+    def lowered(self):
+        q = keras.ops.convert_to_numpy(self.orthogonal_matrix())
+        dense = keras.layers.Dense(self.units, use_bias=self.use_bias, name=self.name, trainable=False)
+        dense.build((None, q.shape[1]))
+        dense.kernel.assign(q.T)
+        if self.use_bias:
+            dense.bias.assign(keras.ops.convert_to_numpy(self.bias))
+        return dense
+
+    def start_from_kernel(self, kernel):
+        return start_from_free_kernel(self, kernel)
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.units)

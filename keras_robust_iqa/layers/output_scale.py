@@ -1,9 +1,11 @@
 import keras
 import tensorflow as tf
 
+from keras_robust_iqa.layers import contract
+
 
 @keras.saving.register_keras_serializable(package="keras_robust_iqa")
-class OutputScale(keras.layers.Layer):
+class OutputScale(contract.LayerContract, keras.layers.Layer):
     """`y = scale * x + offset` with learnable scalars.
 
     The one free gain of a 1-Lipschitz network: orthogonal layers fix the
@@ -32,8 +34,11 @@ class OutputScale(keras.layers.Layer):
     def call(self, inputs):
         return inputs * tf.cast(self.scale, inputs.dtype) + tf.cast(self.offset, inputs.dtype)
 
-    def lipschitz_constant(self):
+    def lipschitz_constant(self, input_shape=None):
         return abs(float(keras.ops.convert_to_numpy(self.scale)))
+
+    def channel_role(self):
+        return contract.PASS
 
     def compute_output_shape(self, input_shape):
         return input_shape

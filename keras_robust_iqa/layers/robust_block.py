@@ -1,17 +1,20 @@
 import keras
 import tensorflow as tf
 
+from keras_robust_iqa.layers import contract
+from keras_robust_iqa.layers.aol_conv2d import AOLConv2D
 from keras_robust_iqa.layers.block_ortho_conv2d import BlockOrthoConv2D
+from keras_robust_iqa.layers.convex_combination import ConvexCombination
 from keras_robust_iqa.layers.group_sort import GroupSort
 from keras_robust_iqa.layers.ortho_conv2d import OrthoConv2D
-
-# The orthogonal convolutions a RobustBlock (and robustify) can be built on.
-CONVOLUTIONS = {"fourier": OrthoConv2D, "block": BlockOrthoConv2D}
 from keras_robust_iqa.layers.validation import check_rank4, float32_dtype_policy
+
+# The 1-Lipschitz convolutions a RobustBlock (and robustify) can be built on.
+CONVOLUTIONS = {"fourier": OrthoConv2D, "block": BlockOrthoConv2D, "aol": AOLConv2D}
 
 
 @keras.saving.register_keras_serializable(package="keras_robust_iqa")
-class RobustBlock(keras.layers.Layer):
+class RobustBlock(contract.LayerContract, keras.layers.Layer):
     """Orthogonal convolution, bias, then GroupSort: a 1-Lipschitz conv block.
 
     `f(x) = GroupSort(conv(x) + b)`, `conv` an orthogonal convolution. With `residual=True` the block
@@ -27,10 +30,17 @@ class RobustBlock(keras.layers.Layer):
         conv: `"block"` (the default), `BlockOrthoConv2D` (a compact
             orthogonal kernel applied as a plain convolution; any input size),
             or `"fourier"`, the paper's `OrthoConv2D` (Cayley transform per
-            frequency; a static input size). Both are exactly orthogonal.
+            frequency; a static input size). Both are exactly orthogonal. `"aol"`:
+            `AOLConv2D`, 1-Lipschitz without being orthogonal (the block is then
+            1-Lipschitz, not norm-preserving).
         group_size: GroupSort group size (2 is MaxMin); must divide `filters`.
         residual: add the convex residual connection.
         residual_init: initial `lam`, in (0, 1).
+
+    Contract: Lipschitz 1; applies its convolution's kernel; its output channels are
+    prunable in GroupSort groups (a residual block's are its input channels, tied to
+    them); lowers to the lowered convolution, a lowered GroupSort and a
+    `ConvexCombination` for the residual.
     """
 
     def __init__(
@@ -99,6 +109,37 @@ class RobustBlock(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return self.conv.compute_output_shape(input_shape)
+
+    # The layer contract -----------------------------------------------------------
+
+    def lipschitz_constant(self, input_shape=None):
+        return 1.0
+
+    def applied_kernel(self):
+        return self.conv.applied_kernel()
+
+    def channel_role(self):
+        return contract.RESIDUAL if self.residual else contract.PRODUCER
+
+    def tied_channels(self):
+        return self.activation.group_size
+
+    def slice_channels(self, new, kept_in, kept_out):
+        self.conv.slice_channels(new.conv, kept_in, kept_out)
+        if self.residual:
+            new.residual_logit.assign(self.residual_logit)
+
+    def lowered(self):
+        """`GroupSort(conv(x) + b)`, with the convex residual as a `ConvexCombination`."""
+        conv = self.conv.lowered()
+        inputs = keras.Input(getattr(conv, "input_size", (None, None, self.conv.input_channels)))
+        y = self.activation.lowered()(conv(inputs))
+        if self.residual:
+            # softmax([t, 0]) = [sigmoid(t), 1 - sigmoid(t)]: the block's own lambda.
+            mix = ConvexCombination(name="residual", trainable=False)
+            y = mix([inputs, y])
+            mix.logits.assign([float(keras.ops.convert_to_numpy(self.residual_logit)), 0.0])
+        return keras.Model(inputs, y, name=self.name)
 
     @classmethod
     def from_config(cls, config):

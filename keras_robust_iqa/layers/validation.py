@@ -50,6 +50,16 @@ def check_rank4(layer, input_shape):
         )
 
 
+def input_channels(layer, input_shape):
+    """The channel count of a rank-4 input, which the layer needs known to build its weights."""
+    check_rank4(layer, input_shape)
+    if input_shape[-1] is None:
+        raise ValueError(
+            f"{type(layer).__name__} needs a known number of input channels, got input_shape={tuple(input_shape)}."
+        )
+    return input_shape[-1]
+
+
 def float32_dtype_policy(dtype):
     """Keep a layer in float32 under a mixed-precision policy.
 

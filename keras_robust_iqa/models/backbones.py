@@ -4,6 +4,8 @@ import os
 
 import keras
 
+from keras_robust_iqa.layers.contract import LayerContract
+
 # name -> (constructor, how it wants its pixels). The models take images in
 # [0, 1]; `Rescaling` turns them into what the backbone was trained on.
 BACKBONES = {
@@ -65,8 +67,13 @@ def backbone_iqa_model(name, patch_size=224, weights=None, head_units=256, dropo
 
 
 @keras.saving.register_keras_serializable(package="keras_robust_iqa")
-class ChannelReverse(keras.layers.Layer):
-    """Reverses the channel order (RGB <-> BGR): a permutation."""
+class ChannelReverse(LayerContract, keras.layers.Layer):
+    """Reverses the channel order (RGB <-> BGR): a permutation, Lipschitz 1, kept by `robustify`."""
+
+    replacement = "keep"
+
+    def lipschitz_constant(self, input_shape=None):
+        return 1.0
 
     def call(self, inputs):
         return inputs[..., ::-1]

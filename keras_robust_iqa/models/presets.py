@@ -93,21 +93,15 @@ def load_run(run):
 
     Raises FileNotFoundError naming what the folder lacks.
     """
-    # The one place presets read run folders (with the trainer's and the exporter's readers),
-    # so a shared run-folder reader can replace it.
-    from keras_robust_iqa.deployment.export import read_run_facts
-    from keras_robust_iqa.training.trainer import load_run_model
+    from keras_robust_iqa import run_folder
 
-    run = pathlib.Path(run)
-
-    name, patch_size, mos_range = read_run_facts(run)
+    name, patch_size, mos_range = run_folder.facts(run)
     card = {"patch_size": patch_size, "mos_range": list(mos_range)}
-    metrics_path = run / "metrics.json"
-    if metrics_path.is_file():
-        metrics = json.loads(metrics_path.read_text())
+    metrics = run_folder.read_metrics(run)
+    if metrics is not None:
         card["test"] = {key: metrics["test"][key] for key in ("srocc", "plcc", "images") if key in metrics["test"]}
         card["lipschitz_bound"] = metrics.get("lipschitz_bound")
-    return Preset(name, run.resolve(), load_run_model(run), card)
+    return Preset(name, pathlib.Path(run).resolve(), run_folder.load_model(run), card)
 
 
 def read_card(folder):
@@ -163,5 +157,5 @@ def _is_preset(path):
     return path.is_dir() and all((path / name).is_file() for name in (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE))
 
 
-__all__ = ["CARD_KEYS", "DEFAULT_PRESET", "PRESETS_DIR", "Preset", "from_preset", "list_presets", "load_preset", "load_run",
-           "read_card", "save_to_preset"]
+__all__ = ["CARD_KEYS", "DEFAULT_PRESET", "PRESETS_DIR", "Preset", "from_preset", "list_presets", "load_preset",
+           "load_run", "read_card", "save_to_preset"]

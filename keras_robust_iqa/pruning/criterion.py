@@ -1,6 +1,7 @@
 """The mean-weight criterion: output channel `i` is pruned when `mean(|w_i|) < tau`.
 
-Which weights `w_i` are:
+Which weights `w_i` are is the layer's to say (`applied_kernel()` of the layer contract,
+`layers.contract`); for the layers of this package and Keras's:
 - `Conv2D`: the kernel's slice `kernel[..., i]` (all taps, all input channels);
 - `Dense`: the column `kernel[:, i]`;
 - `OrthoConv2D` (and the one inside a `RobustBlock`): the kernel of the plain
@@ -30,35 +31,23 @@ than many weak ones). Either way it is the same quantity as for `Conv2D` and
 the channel.
 """
 
-import keras
 import numpy as np
-import tensorflow as tf
 
-from keras_robust_iqa.layers import BlockOrthoConv2D, OrthoConv2D, OrthoDense, RobustBlock
+from keras_robust_iqa.layers.keras_rules import contract_of
 
 
 def effective_kernel(layer):
-    """The weights of the linear map that produces each output channel.
+    """The weights of the linear map that produces each output channel, as the layer states them.
 
     Returns:
         float64 array `(..., out_channels)`: output channels on the last
         axis, every other axis one weight of that channel.
     """
-    if isinstance(layer, RobustBlock):
-        layer = layer.conv
-    if isinstance(layer, OrthoConv2D):
-        fh, fw = layer.fft_size
-        q = layer.frequency_matrices()  # (fh * (fw // 2 + 1), cout, cin)
-        q = tf.reshape(q, (fh, fw // 2 + 1, layer.filters, layer.input_channels))
-        taps = tf.signal.irfft2d(tf.transpose(q, (2, 3, 0, 1)), fft_length=(fh, fw))
-        return np.moveaxis(np.asarray(taps, np.float64), 0, -1)  # (cin, fh, fw, cout)
-    if isinstance(layer, BlockOrthoConv2D):
-        return np.asarray(layer.orthogonal_kernel(), np.float64)  # (kh, kw, cin / groups, cout)
-    if isinstance(layer, OrthoDense):
-        return np.asarray(layer.orthogonal_matrix(), np.float64).T  # (input_dim, units)
-    if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
-        return keras.ops.convert_to_numpy(layer.kernel).astype(np.float64)
-    raise ValueError(f"Layer '{layer.name}' ({type(layer).__name__}) is not a prunable layer.")
+    contract = contract_of(layer)
+    kernel = None if contract is None else contract.applied_kernel()
+    if kernel is None:
+        raise ValueError(f"Layer '{layer.name}' ({type(layer).__name__}) is not a prunable layer.")
+    return kernel
 
 
 def channel_scores(layer):

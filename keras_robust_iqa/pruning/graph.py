@@ -1,7 +1,9 @@
 """Which channels of a Keras model can be removed, and which must go together.
 
-Every output channel of a prunable layer (`Conv2D`, `Dense`, `OrthoConv2D`,
-`BlockOrthoConv2D`, `OrthoDense`, `RobustBlock`) is an *atom*. Walking the graph, each tensor's
+Each layer states how its channels flow (`channel_role()` of the layer contract,
+`layers.contract`; Keras's layers through `layers.keras_rules`). Every output channel of a
+prunable layer (a *producer*: `Conv2D`, `Dense`, `OrthoConv2D`, `BlockOrthoConv2D`,
+`OrthoDense`, `RobustBlock`) is an *atom*. Walking the graph, each tensor's
 channel axis is a list of atoms, and layers tie atoms that can only be removed
 together:
 - `GroupSort` / `MaxMin` (alone or inside a `RobustBlock`) ties each group of
@@ -15,54 +17,13 @@ module does not know how to slice (`Flatten`, `LayerNormalization`, ...):
 unknown layers are left whole rather than guessed at.
 """
 
-import keras
 import numpy as np
 from keras import tree
 
-from keras_robust_iqa import layers as robust_layers
+from keras_robust_iqa.layers import contract
+from keras_robust_iqa.layers.keras_rules import contract_of
 from keras_robust_iqa.models.graph import tensors_in, walk
 from keras_robust_iqa.pruning import criterion
-
-# Layers whose output channels are atoms (and whose kernels lose input channels).
-PRODUCERS = (
-    keras.layers.Conv2D,
-    keras.layers.Dense,
-    robust_layers.OrthoConv2D,
-    robust_layers.BlockOrthoConv2D,
-    robust_layers.OrthoDense,
-    robust_layers.RobustBlock,
-)
-# Channel-wise layers with one weight vector per channel, sliced with them.
-CHANNELWISE_WEIGHTED = (keras.layers.BatchNormalization, keras.layers.DepthwiseConv2D, robust_layers.ChannelGain)
-# Channel-wise layers with no per-channel weights: channels pass through.
-PASS_THROUGH = (
-    keras.layers.Identity,
-    keras.layers.ReLU,
-    keras.layers.LeakyReLU,
-    keras.layers.ELU,
-    keras.layers.Dropout,
-    keras.layers.SpatialDropout2D,
-    keras.layers.MaxPooling2D,
-    keras.layers.AveragePooling2D,
-    keras.layers.GlobalAveragePooling2D,
-    keras.layers.GlobalMaxPooling2D,
-    keras.layers.Cropping2D,
-    keras.layers.ZeroPadding2D,
-    keras.layers.UpSampling2D,
-    robust_layers.L2NormPooling2D,
-    robust_layers.GlobalL2NormPooling2D,
-    robust_layers.OutputScale,
-)
-# Element-wise merges: channel `c` of every input is the same channel.
-MERGES = (
-    keras.layers.Add,
-    keras.layers.Subtract,
-    keras.layers.Multiply,
-    keras.layers.Average,
-    keras.layers.Maximum,
-    keras.layers.Minimum,
-    robust_layers.ConvexCombination,
-)
 
 
 class _SharedLayer(Exception):
@@ -71,38 +32,18 @@ class _SharedLayer(Exception):
         self.layer_id = layer_id
 
 
+def channel_role(layer):
+    """How channels flow through `layer`, as it (or the Keras table) states: a `contract` role or None."""
+    stated = contract_of(layer)
+    return None if stated is None else stated.channel_role()
+
+
 def is_residual_block(layer):
-    return isinstance(layer, robust_layers.RobustBlock) and layer.residual
+    return channel_role(layer) == contract.RESIDUAL
 
 
 def is_producer(layer):
-    if is_residual_block(layer):
-        return False
-    if isinstance(layer, keras.layers.Conv2D):
-        # Subclasses (Conv2DTranspose, separable, depthwise) lay out their
-        # kernels differently; grouped kernels mix only within a group.
-        return type(layer) is keras.layers.Conv2D and layer.groups == 1 and layer.data_format == "channels_last"
-    if isinstance(layer, robust_layers.BlockOrthoConv2D):
-        return layer.groups == 1
-    return isinstance(layer, PRODUCERS)
-
-
-def _is_channelwise_weighted(layer):
-    if isinstance(layer, keras.layers.BatchNormalization):
-        return layer.axis in (-1, len(layer.input.shape) - 1) if layer.built else False
-    if isinstance(layer, keras.layers.DepthwiseConv2D):
-        return layer.depth_multiplier == 1 and layer.data_format == "channels_last"
-    return isinstance(layer, robust_layers.ChannelGain)
-
-
-def _is_pass_through(layer):
-    if isinstance(layer, keras.layers.Activation):
-        return getattr(layer.activation, "__name__", "") not in ("softmax", "log_softmax")
-    if isinstance(layer, robust_layers.GroupSort):
-        return layer.axis == -1
-    if isinstance(layer, PASS_THROUGH):
-        return getattr(layer, "data_format", "channels_last") == "channels_last"
-    return False
+    return channel_role(layer) == contract.PRODUCER
 
 
 class ChannelGraph:
@@ -164,7 +105,7 @@ class ChannelGraph:
         self.inputs_of = {}
         self.outputs_of = {}
         self.mixing = []
-        self.gains = []  # (ChannelGain, the atoms it reads, position by position)
+        self.gains = []  # (a channel-wise scaling layer, the atoms it reads, position by position)
         self.same_channel = {}  # atom -> every atom merged into the same channel
         self._seen = set()
         self._names = {}
@@ -230,40 +171,40 @@ class ChannelGraph:
         """Atoms of each output of `layer`, given the atoms of its inputs."""
         if any(a is None for a in ins) or len(channels) != 1:
             return self._block(ins, channels)
+        stated = contract_of(layer)
+        role = None if stated is None else stated.channel_role()
         x = ins[0]
-        if len(ins) == 1 and is_producer(layer):
+        if len(ins) == 1 and role == contract.PRODUCER:
             self.producers[layer.name] = layer
             self.mixing.append(layer.name)
             self.inputs_of[layer.name] = x
             out = self._new_atoms(channels[0], owner=layer.name)
-            if isinstance(layer, robust_layers.RobustBlock):
-                self._tie_groups(out, layer.activation.group_size)
+            self._tie_groups(out, stated.tied_channels())
             self.outputs_of[layer.name] = out
             return [out]
-        if len(ins) == 1 and is_residual_block(layer):
+        if len(ins) == 1 and role == contract.RESIDUAL:
             self.mixing.append(layer.name)
             self.inputs_of[layer.name] = self.outputs_of[layer.name] = x
-            self._tie_groups(x, layer.activation.group_size)
+            self._tie_groups(x, stated.tied_channels())
             return [x]
-        if len(ins) == 1 and _is_channelwise_weighted(layer):
+        if len(ins) == 1 and role == contract.CHANNELWISE:
             self.inputs_of[layer.name] = self.outputs_of[layer.name] = x
-            if isinstance(layer, robust_layers.ChannelGain):
-                self.gains.append((layer, x))
+            if stated.channel_scale() is not None:
+                self.gains.append((stated, x))
             return [x]
-        if len(ins) == 1 and _is_pass_through(layer):
-            if isinstance(layer, robust_layers.GroupSort):
-                self._tie_groups(x, layer.group_size)
+        if len(ins) == 1 and role == contract.PASS:
+            self._tie_groups(x, stated.tied_channels())
             return [x]
-        if isinstance(layer, MERGES) and len({len(a) for a in ins}) == 1 and len(ins) > 1:
+        if role == contract.MERGE and len({len(a) for a in ins}) == 1 and len(ins) > 1:
             for atoms in zip(*ins):
                 self._tie(atoms)
                 merged = set().union(*(self.same_channel.get(a, {a}) for a in atoms))
                 for a in merged:
                     self.same_channel[a] = merged
             return [x]
-        if isinstance(layer, keras.layers.Concatenate) and layer.axis in (-1, len(layer.input[0].shape) - 1):
+        if role == contract.CONCAT:
             return [[a for atoms in ins for a in atoms]]
-        if isinstance(layer, robust_layers.InvertibleDownsampling) and len(ins) == 1:
+        if role == contract.SPACE_TO_DEPTH and len(ins) == 1:
             # space_to_depth: output channel (dy * s + dx) * C + c holds input channel c.
             return [x * (layer.pool_size * layer.pool_size)]
         return self._block(ins, channels)
@@ -305,7 +246,7 @@ class ChannelGraph:
         """
         scores = {name: criterion.channel_scores(layer) for name, layer in self.producers.items()}
         for gain, atoms in self.gains:
-            magnitudes = np.abs(keras.ops.convert_to_numpy(gain.gain).astype(np.float64))
+            magnitudes = gain.channel_scale()
             reached = {}
             for atom, magnitude in zip(atoms, magnitudes):
                 for a in self.same_channel.get(atom, (atom,)):

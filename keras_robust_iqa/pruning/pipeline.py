@@ -8,7 +8,6 @@ pruning and after fine-tuning.
 """
 
 import dataclasses
-import json
 import pathlib
 
 import keras
@@ -17,6 +16,7 @@ import tensorflow as tf
 
 from keras_robust_iqa import layers as robust_layers
 from keras_robust_iqa import models as iqa_models
+from keras_robust_iqa import run_folder
 from keras_robust_iqa.pruning.callback import ChannelPruning
 from keras_robust_iqa.pruning.cost import count_flops, inference_latency, leaf_layers
 from keras_robust_iqa.pruning.graph import ChannelGraph
@@ -27,7 +27,6 @@ from keras_robust_iqa.training.trainer import (
     compile_model,
     evaluate_images,
     load_datasets,
-    load_run_model,
     train,
 )
 
@@ -43,15 +42,9 @@ _BUILD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)
 
 def read_run(run):
     """The model (safe mode) and `TrainConfig` of a run folder."""
-    run = pathlib.Path(run)
-    if not run.is_dir():
-        raise FileNotFoundError(f"Run folder {run} does not exist.")
-    model = load_run_model(run)
-    config_path = run / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"Run folder {run} holds no config.json (written by `robust-iqa train`).")
+    model = run_folder.load_model(run)
+    saved = run_folder.read_config(run)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    saved = json.loads(config_path.read_text())
     # Runs saved before `robust_conv` existed built the Fourier layer, today's default is "block".
     saved.setdefault("robust_conv", "fourier")
     return model, TrainConfig(**{k: v for k, v in saved.items() if k in fields})
@@ -158,10 +151,10 @@ def prune_run(run, out, *, fraction=None, tau=None, prune_epochs=1, finetune_epo
     if finetune_epochs:
         finetune = dataclasses.replace(config, init_from=str(out / "pruned"), epochs=finetune_epochs)
         metrics = train(finetune, out, verbose=verbose)
-        stages["after_finetune"] = model_facts(load_run_model(out), table, metrics)
+        stages["after_finetune"] = model_facts(run_folder.load_model(out), table, metrics)
     else:
-        pruned.save(out / "model.keras")
-        (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2))
+        pruned.save(out / run_folder.MODEL_FILE)
+        run_folder.write_config(out, dataclasses.asdict(config))
         stages["after_finetune"] = stages["after_pruning"]
 
     report = _report(run, graph, pruned_groups, final_scores, stages, fraction=fraction, tau=tau,
@@ -169,12 +162,12 @@ def prune_run(run, out, *, fraction=None, tau=None, prune_epochs=1, finetune_epo
                      learning_rate=learning_rate, schedule=schedule)
     final = stages["after_finetune"]
     metrics |= {k: final[k] for k in ("test", "val", "params", "flops", "lipschitz_bound")}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    saved_config = json.loads((out / "config.json").read_text())
+    run_folder.write_metrics(out, metrics)
+    saved_config = run_folder.read_config(out)
     saved_config["pruning"] = {k: report[k] for k in ("source_run", "fraction", "tau", "prune_epochs",
                                                        "finetune_epochs", "learning_rate", "schedule")}
-    (out / "config.json").write_text(json.dumps(saved_config, indent=2))
-    (out / "pruning_report.json").write_text(json.dumps(report, indent=2))
+    run_folder.write_config(out, saved_config)
+    run_folder.write_json(out / "pruning_report.json", report)
     (out / "pruning_report.md").write_text(report_markdown(report))
     plot_channels(report, out / "pruning_report.png")
     return report

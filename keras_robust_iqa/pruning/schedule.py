@@ -22,7 +22,7 @@ def _import_tfmot_sparsity():
     first and put the variable back as it was.
     """
     saved = os.environ.get("TF_USE_LEGACY_KERAS")
-    tf.keras.layers  # noqa: B018  (resolves TensorFlow's lazy `tf.keras` now)
+    tf.keras.layers  # resolves TensorFlow's lazy `tf.keras` now
     try:
         import tensorflow_model_optimization as tfmot
     finally:

@@ -3,9 +3,9 @@
 import keras
 import numpy as np
 
-from keras_robust_iqa import layers as robust_layers
-from keras_robust_iqa.pruning.channel_mask import ChannelMask
+from keras_robust_iqa.layers.keras_rules import contract_of
 from keras_robust_iqa.models.graph import walk
+from keras_robust_iqa.pruning.channel_mask import ChannelMask
 
 
 def masked_model(model, graph):
@@ -68,8 +68,11 @@ def prune_model(model, graph, pruned_groups):
             kept_in = graph.kept_positions(graph.inputs_of[layer.name], pruned_groups)
             kept_out = graph.kept_positions(graph.outputs_of[layer.name], pruned_groups)
         config = layer.get_config()
-        if layer.name in graph.mixing:
-            config["units" if "units" in config else "filters"] = len(kept_out)
+        # A layer that mixes channels sets its output count by `units` or `filters` (a
+        # residual layer's output channels are its input channels: it has neither).
+        width = next((key for key in ("units", "filters") if key in config), None)
+        if layer.name in graph.mixing and width is not None:
+            config[width] = len(kept_out)
         new = copies[id(layer)] = type(layer).from_config(config)
         outputs = new(*args, **kwargs)
         if kept_in is None:
@@ -83,81 +86,8 @@ def prune_model(model, graph, pruned_groups):
 
 
 def _copy_sliced(old, new, kept_in, kept_out):
-    if isinstance(old, robust_layers.RobustBlock):
-        _copy_sliced(old.conv, new.conv, kept_in, kept_out)
-        if old.residual:
-            new.residual_logit.assign(old.residual_logit)
-    elif isinstance(old, robust_layers.BlockOrthoConv2D):
-        _copy_block_ortho(old, new, kept_in, kept_out)
-    elif isinstance(old, robust_layers.OrthoConv2D):
-        _copy_ortho(old, new, _kernel_inputs(old, kept_in), kept_out)
-    elif isinstance(old, robust_layers.OrthoDense):
-        _copy_ortho(old, new, kept_in, kept_out)
-    elif isinstance(old, keras.layers.DepthwiseConv2D):
-        new.set_weights([w[:, :, kept_in] if w.ndim == 4 else w[kept_in] for w in old.get_weights()])
-    elif isinstance(old, (keras.layers.Conv2D, keras.layers.Dense)):
-        new.kernel.assign(_slice_kernel(old.kernel, kept_in, kept_out))
-        if old.use_bias:
-            new.bias.assign(keras.ops.convert_to_numpy(old.bias)[kept_out])
-    else:  # BatchNormalization, ChannelGain: vectors of one value per channel
-        new.set_weights([w[kept_in] for w in old.get_weights()])
-
-
-def _slice_kernel(kernel, kept_in, kept_out):
-    """`kernel[..., kept_in, kept_out]` of a `(..., in, out)` kernel."""
-    return keras.ops.convert_to_numpy(kernel)[..., kept_in, :][..., kept_out]
-
-
-def _kernel_inputs(conv, kept_in):
-    """Kernel input channels of the kept input channels of a (strided) OrthoConv2D.
-
-    With `strides=s` the kernel reads the space-to-depth rearrangement, whose
-    channel `k * C + c` (k < s * s) holds input channel `c`.
-    """
-    s = conv.strides[0]
-    channels = conv.input_channels // (s * s)
-    return [k * channels + c for k in range(s * s) for c in kept_in]
-
-
-def _copy_block_ortho(old, new, kept_in, kept_out):
-    """The kept rows and columns of each free matrix of a `BlockOrthoConv2D`.
-
-    Each factor of the new layer is the Cayley transform of the kept part of
-    the old factor's free matrix: orthogonal by construction, close to the old
-    factor's kept part (fine-tuning recovers the difference). The projectors
-    act on the wider side (the input, when strided), whose kept channels index
-    their rows; a projector of width `n` has rank `n // 2`, so its first
-    `n // 2` columns stay.
-    """
-    s = old.strides[0]
-    if old.projector_kernel is not None and new.projector_kernel is not None:
-        if s == 1 and new.filters >= new.input_channels:
-            rows = kept_out
-        else:
-            rows = kept_in
-        free = keras.ops.convert_to_numpy(old.projector_kernel)
-        new.projector_kernel.assign(free[:, :, rows, : new.projector_kernel.shape[-1]])
-    if old.mixing_kernel is not None:
-        free = keras.ops.convert_to_numpy(old.mixing_kernel)
-        rows = kept_out if s == 1 else kept_in
-        new.mixing_kernel.assign(free[:, rows][:, :, kept_in])
-    if old.downsampling_kernel is not None:
-        # Columns are laid out (tap row, tap column, input channel).
-        channels = old.input_channels
-        columns = [tap * channels + c for tap in range(s * s) for c in kept_in]
-        free = keras.ops.convert_to_numpy(old.downsampling_kernel)
-        new.downsampling_kernel.assign(free[:, kept_out][:, :, columns])
-    if old.use_bias:
-        new.bias.assign(keras.ops.convert_to_numpy(old.bias)[kept_out])
-
-
-def _copy_ortho(old, new, kept_in, kept_out):
-    new.kernel.assign(_slice_kernel(old.kernel, kept_in, kept_out))
-    # Same scale alpha / ||K|| as before: the kept entries of the matrix the
-    # Cayley transform sees are unchanged.
-    new.alpha.assign(old.alpha * new.kernel_norm() / old.kernel_norm())
-    if old.use_bias:
-        new.bias.assign(keras.ops.convert_to_numpy(old.bias)[kept_out])
+    """The kept channels of `old`'s weights into `new`, as the layer (or the Keras table) slices them."""
+    contract_of(old).slice_channels(new, kept_in, kept_out)
 
 
 def prune(model, fraction=None, *, tau=None, graph=None, groups=None, strict=True):

@@ -5,9 +5,17 @@ import argparse
 
 def add_parser(subparsers):
     from keras_robust_iqa.data import AUGMENTATIONS
-    from keras_robust_iqa.training.trainer import (DEFENSES, LOSSES, LR_SCHEDULES, ROBUST_ACTIVATIONS,
-                                                   ROBUST_CONVOLUTIONS, ROBUST_MODES, ROBUST_POOLINGS, STRATEGIES,
-                                                   TrainConfig)
+    from keras_robust_iqa.training.trainer import (
+        DEFENSES,
+        LOSSES,
+        LR_SCHEDULES,
+        ROBUST_ACTIVATIONS,
+        ROBUST_CONVOLUTIONS,
+        ROBUST_MODES,
+        ROBUST_POOLINGS,
+        STRATEGIES,
+        TrainConfig,
+    )
 
     d = TrainConfig()
     p = subparsers.add_parser(
@@ -31,9 +39,12 @@ def add_parser(subparsers):
                    help="apply RobustBlocks: insert them after the backbone's stages, or replace every "
                    "layer by its 1-Lipschitz counterpart (default: none, the base model)")
     p.add_argument("--robust-conv", default=d.robust_conv, choices=ROBUST_CONVOLUTIONS,
-                   help="orthogonal convolution of --robust models: fourier (OrthoConv2D, the paper's "
-                   "Cayley transform per frequency, for one patch size) or block (BlockOrthoConv2D, a "
-                   f"compact orthogonal kernel run as a plain convolution) (default: {d.robust_conv})")
+                   help="1-Lipschitz convolution of --robust models: fourier (OrthoConv2D, the paper's "
+                   "Cayley transform per frequency, for one patch size), block (BlockOrthoConv2D, a "
+                   "compact orthogonal kernel run as a plain convolution), aol (AOLConv2D, a plain "
+                   "convolution rescaled to be 1-Lipschitz, not orthogonal) or sll (replace only: the "
+                   "residual SLLConv2D where a convolution keeps its channels, AOL elsewhere) "
+                   f"(default: {d.robust_conv})")
     p.add_argument("--robust-activation", default=d.robust_activation, choices=ROBUST_ACTIVATIONS,
                    help="activation of --robust replace models: groupsort (MaxMin, gradient-norm "
                    "preserving) or relu (also 1-Lipschitz, not gradient-norm preserving: the score can "
@@ -72,7 +83,8 @@ def add_parser(subparsers):
                    "training photographs' pristine crops (a random distortion at a continuous level, "
                    "labelled by its MS-SSIM like the stored set) instead of the stored ones; validation "
                    "and test keep the stored images (default: off)")
-    p.add_argument("--learning-rate", type=float, default=d.learning_rate, help=f"Adam learning rate (default: {d.learning_rate})")
+    p.add_argument("--learning-rate", type=float, default=d.learning_rate,
+                   help=f"Adam learning rate (default: {d.learning_rate})")
     p.add_argument("--lr-schedule", default=d.lr_schedule, choices=LR_SCHEDULES,
                    help=f"learning-rate schedule: cosine decays it to 5%% over all epochs, constant keeps it "
                    f"(default: {d.lr_schedule})")

@@ -212,7 +212,10 @@ class AdversarialTraining(_DefendedModel):
     def defended_loss(self, x, y, sample_weight):
         x_adv = self.fgsm(x)
         y_adv = self.lowered_labels(y, x, x_adv)
-        both = lambda a, b: None if a is None else tf.concat([a, tf.cast(b, a.dtype)], axis=0)
+
+        def both(a, b):
+            return None if a is None else tf.concat([a, tf.cast(b, a.dtype)], axis=0)
+
         y_pred = self(tf.concat([x, x_adv], axis=0), training=True)
         loss = self.compute_loss(
             x=x, y=both(tf.cast(y, tf.float32), y_adv), y_pred=y_pred,

@@ -16,33 +16,32 @@ teacher's scores would better be computed once and stored with the data, or insi
 training step.
 """
 
-import json
 import pathlib
 
 import tensorflow as tf
 
+from keras_robust_iqa import run_folder
 from keras_robust_iqa.training.calibration import CORRELATION_LOSSES
 
 
 def load_teacher(run, table, patch_size):
     """The model of run folder `run`, checked to score `patch_size` patches of `table`'s
     dataset on its normalised MOS scale. Errors name the run and what differs."""
-    from keras_robust_iqa.training.trainer import load_run_model  # trainer imports this module
-
     run = pathlib.Path(run)
-    teacher = load_run_model(run)
-    if not (run / "config.json").is_file():
-        raise FileNotFoundError(f"--distill-from {run}: the run folder holds no config.json (written by "
-                                f"`robust-iqa train`), so the teacher's MOS scale is unknown.")
-    config = json.loads((run / "config.json").read_text())
+    try:
+        teacher = run_folder.load_model(run)
+        config = run_folder.read_config(run)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"--distill-from {run}: {error} Without it the teacher's MOS scale is unknown.") \
+            from None
     if (config.get("dataset_name"), config.get("mos_range")) != (table.name, list(table.mos_range)):
         raise ValueError(
             f"--distill-from {run}: the teacher was trained on {config.get('dataset_name')!r} with MOS range "
             f"{config.get('mos_range')}, this run reads {table.name!r} with {list(table.mos_range)}: its "
             f"scores are on another scale.")
     if config.get("loss") in CORRELATION_LOSSES:
-        metrics_file = run / "metrics.json"
-        calibrated = metrics_file.is_file() and json.loads(metrics_file.read_text()).get("mos_calibration")
+        metrics = run_folder.read_metrics(run)
+        calibrated = metrics is not None and metrics.get("mos_calibration")
         if not calibrated:
             raise ValueError(
                 f"--distill-from {run}: the teacher was trained with the {config['loss']} loss and has no "

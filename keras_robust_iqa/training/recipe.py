@@ -14,8 +14,13 @@ import json
 import sys
 
 from keras_robust_iqa.models import MODEL_NAMES
-from keras_robust_iqa.training.trainer import (ROBUST_ACTIVATIONS, ROBUST_CONVOLUTIONS, ROBUST_MODES, ROBUST_POOLINGS,
-                                               train)
+from keras_robust_iqa.training.trainer import (
+    ROBUST_ACTIVATIONS,
+    ROBUST_CONVOLUTIONS,
+    ROBUST_MODES,
+    ROBUST_POOLINGS,
+    train,
+)
 
 
 def recipe_parser(config, description=None):

@@ -8,12 +8,12 @@ A run folder holds what the next stages read:
   loss the affine map fitted on validation images that puts the scores back on the MOS
   scale (`mos_calibration`, appended to the saved model: `training.calibration`);
 - `history.csv`: per-epoch logs (`val_srocc`/`val_plcc`/`val_krcc` on whole validation
-  images, patch-averaged as the test is; `val_loss` on centre crops); `backup/`: BackupAndRestore state while training runs.
+  images, patch-averaged as the test is; `val_loss` on centre crops); `backup/`: BackupAndRestore state
+  while training runs.
 """
 
 import csv
 import dataclasses
-import json
 import math
 import os
 import pathlib
@@ -24,13 +24,14 @@ import tensorflow as tf
 
 from keras_robust_iqa import data as iqa_data
 from keras_robust_iqa import models as iqa_models
+from keras_robust_iqa import run_folder
 from keras_robust_iqa.training import losses as iqa_losses
 from keras_robust_iqa.training.calibration import CORRELATION_LOSSES, calibrate_to_mos
 from keras_robust_iqa.training.callbacks import WholeImageValidation
 from keras_robust_iqa.training.correlation import correlations, correlations_by_distortion
 from keras_robust_iqa.training.defenses import DEFENSES, InnerModelCheckpoint, defend
 from keras_robust_iqa.training.distillation import distillation_targets, load_teacher
-from keras_robust_iqa.training.metrics import KRCC, PLCC, SROCC
+from keras_robust_iqa.training.metrics import PLCC, SROCC
 
 LOSSES = {
     "mse": lambda: keras.losses.MeanSquaredError(),
@@ -176,11 +177,8 @@ def make_strategy(name="auto"):
 
 
 def load_run_model(run):
-    """The model of a run folder, loaded in safe mode."""
-    path = pathlib.Path(run) / "model.keras"
-    if not path.is_file():
-        raise FileNotFoundError(f"Run folder {run} holds no model.keras.")
-    return keras.saving.load_model(path, safe_mode=True, compile=False)
+    """The model of a run folder, loaded in safe mode (`run_folder.load_model`)."""
+    return run_folder.load_model(run)
 
 
 def build(config):
@@ -190,10 +188,15 @@ def build(config):
     else:
         model = iqa_models.build_model(config.model, config.patch_size, weights=config.weights, width=config.width)
     if config.robust:
+        # A fresh model's random kernels are no head start for `replace`, and fitting the
+        # compact orthogonal kernels to them costs time: keep the weights of trained models
+        # (and everything insert keeps around its blocks).
+        trained = bool(config.init_from or config.weights)
         # validate() allows only the defaults of these three with insert.
         model = iqa_models.robustify(model, mode=config.robust, conv=config.robust_conv,
-                                     activation=config.robust_activation,
-                                     pooling=config.robust_pooling, channel_gains=config.robust_channel_gains)
+                                     activation=config.robust_activation, pooling=config.robust_pooling,
+                                     channel_gains=config.robust_channel_gains,
+                                     keep_weights=trained or config.robust == "insert")
     return model
 
 
@@ -280,7 +283,7 @@ def train(config, out, *, verbose="auto", callbacks=()):
         "model_name": model.name,
         "replicas": strategy.num_replicas_in_sync,
     }
-    (out / "config.json").write_text(json.dumps(resolved, indent=2))
+    run_folder.write_config(out, resolved)
 
     # Resuming (a backup is left): keep the history and the best model unless a
     # later epoch beats it. Otherwise a fresh run: a fresh history.
@@ -327,7 +330,7 @@ def train(config, out, *, verbose="auto", callbacks=()):
         "train_seconds": round(seconds, 1),
         "mos_calibration": calibration,
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    run_folder.write_metrics(out, metrics)
     return metrics
 
 

@@ -10,8 +10,18 @@ import csv
 from pathlib import Path
 
 import pytest
-from iqa_data_helpers import (BUILTIN_SIZE, KADID_REFS, KONIQ_HEADER, KONIQ_SETS, LIVEC_NAMES,
-                              SPAQ_HEADER, tid_names, write_csv, write_image, write_livec_mats)
+from iqa_data_helpers import (
+    BUILTIN_SIZE,
+    KADID_REFS,
+    KONIQ_HEADER,
+    KONIQ_SETS,
+    LIVEC_NAMES,
+    SPAQ_HEADER,
+    tid_names,
+    write_csv,
+    write_image,
+    write_livec_mats,
+)
 
 
 @pytest.fixture

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import scipy.io
-from PIL import Image
-
 from helpers import BUILTIN_SIZE  # noqa: F401  (re-exported for the data tests)
+from PIL import Image
 
 W, H = 40, 32  # fixture images are 40 wide, 32 high
 

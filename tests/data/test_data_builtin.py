@@ -12,7 +12,7 @@ import pytest
 from iqa_data_helpers import BUILTIN_SIZE
 
 from keras_robust_iqa.data import builtin as B
-from keras_robust_iqa.data import load_table, read_builtin, split_groups
+from keras_robust_iqa.data import load_table, read_builtin
 
 N_COLOUR_CROPS = sum(c for n, f, c in B.SOURCES if n not in
                      {"brick", "camera", "coins", "grass", "gravel", "moon"})

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
-from iqa_data_helpers import (png_bit_depth, pixels, write_csv, write_image,
-                              write_png16_rgb)
+from iqa_data_helpers import pixels, png_bit_depth, write_csv, write_image, write_png16_rgb
 from PIL import Image
 
 from keras_robust_iqa.data import DataError, iter_images, load_images, make_dataset, read_csv, read_image

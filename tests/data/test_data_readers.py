@@ -9,8 +9,17 @@ import numpy as np
 import pytest
 from iqa_data_helpers import KONIQ_SETS, LIVEC_NAMES, H, W, write_csv, write_image
 
-from keras_robust_iqa.data import (DataError, IQATable, load_table, read_csv, read_kadid10k,
-                                   read_koniq10k, read_livec, read_spaq, read_tid2013)
+from keras_robust_iqa.data import (
+    DataError,
+    IQATable,
+    load_table,
+    read_csv,
+    read_kadid10k,
+    read_koniq10k,
+    read_livec,
+    read_spaq,
+    read_tid2013,
+)
 
 
 def _no_warnings(fn, *args, **kwargs):

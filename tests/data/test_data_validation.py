@@ -11,8 +11,17 @@ import scipy.io
 from iqa_data_helpers import LIVEC_NAMES, edit_csv, write_image, write_livec_mats
 from PIL import Image
 
-from keras_robust_iqa.data import (DataError, DataWarning, load_images, read_csv, read_kadid10k,
-                                   read_koniq10k, read_livec, read_spaq, read_tid2013)
+from keras_robust_iqa.data import (
+    DataError,
+    DataWarning,
+    load_images,
+    read_csv,
+    read_kadid10k,
+    read_koniq10k,
+    read_livec,
+    read_spaq,
+    read_tid2013,
+)
 
 KONIQ_META = "koniq10k_distributions_sets.csv"
 

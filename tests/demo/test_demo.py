@@ -26,7 +26,8 @@ def test_training_runs_cover_the_pipeline():
     assert all(config.patience == config.epochs for config in runs.values())  # no early stop
     runs = demo.training_runs(demo.DemoSettings(epochs=3, robust_epochs=5))
     replace = runs["replace"]
-    assert (replace.robust_conv, replace.robust_activation, replace.loss, replace.width) == ("block", "relu", "mse", 2.0)
+    recipe = (replace.robust_conv, replace.robust_activation, replace.loss, replace.width)
+    assert recipe == ("block", "relu", "mse", 2.0)
     assert all(config.width == 1 for name, config in runs.items() if name != "replace")
     for config in runs.values():
         config.validate()

@@ -16,13 +16,13 @@ from ai_edge_litert.interpreter import Interpreter
 
 from keras_robust_iqa import cli, data, deployment, models
 from keras_robust_iqa.deployment import LoweredOrthoConv2D, deployment_model
-from keras_robust_iqa.deployment.lowered_max_min import LoweredMaxMin
-from keras_robust_iqa.deployment.lowered_conv2d import CircularPadding2D
 from keras_robust_iqa.deployment import export as export_module
 from keras_robust_iqa.deployment.export import export_run, tflite_operators
 from keras_robust_iqa.deployment.runtimes import load_runtime
 from keras_robust_iqa.layers import BlockOrthoConv2D, GroupSort, MaxMin, OrthoConv2D, OrthoDense, RobustBlock
-from keras_robust_iqa.models.robustify import flat_layers
+from keras_robust_iqa.layers.lowered_conv2d import CircularPadding2D
+from keras_robust_iqa.layers.lowered_max_min import LoweredMaxMin
+from keras_robust_iqa.models.graph import flat_layers
 
 PATCH = 32
 # A robust kind is `robustify`'s mode, with "-block" for the compact-kernel convolution.
@@ -35,7 +35,10 @@ def builtin():
     patches, kept small for time), 32 training images for a short fit."""
     table = data.load_table("builtin")
     test, train = table.subset("test"), table.subset("train")
-    pick = lambda t: np.linspace(0, len(t.paths) - 1, 32).astype(int)
+
+    def pick(t):
+        return np.linspace(0, len(t.paths) - 1, 32).astype(int)
+
     train_idx = pick(train)
     train_images = np.stack(data.load_images(train, train_idx))
     patches = models.patch_grid(train_images, PATCH)

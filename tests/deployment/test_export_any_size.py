@@ -63,7 +63,8 @@ def test_export_a_model_of_any_size_on_patches_and_on_whole_images(models, tmp_p
 
     report = export_model(any_size, tmp_path / "whole", ["tflite"], whole_images=True, verbose=False)
     assert report["whole_images"] and report["patch_size"] is None
-    assert "each image scored whole" in json.loads((tmp_path / "whole" / "model.export.json").read_text())["inputs"]["sizes"]
+    report = json.loads((tmp_path / "whole" / "model.export.json").read_text())
+    assert "each image scored whole" in report["inputs"]["sizes"]
     tflite = load_runtime("tflite", tmp_path / "whole" / "tflite" / "model.float32.tflite")
     np.testing.assert_allclose(tflite(x), score_images(any_size, x, whole_images=True), atol=1e-4)
     with pytest.raises(ValueError, match="whole_images=True needs a model that takes any input size"):

@@ -4,11 +4,11 @@ import dataclasses
 
 import numpy as np
 import pytest
+from helpers import BUILTIN_SIZE
 
 from keras_robust_iqa.data import builtin, read_builtin
 from keras_robust_iqa.data.pipeline import load_images
 from keras_robust_iqa.evaluation.label_gain import LABEL_TOLERANCE, label_gain, label_model
-from helpers import BUILTIN_SIZE
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,8 @@ def test_evaluate_command_writes_the_report(runs, tmp_path, capsys):
         assert set(entry["attacks"]) == {"fgsm@2/255", "fgsm@4/255", "transfer@2/255", "transfer@4/255"}
         for result in entry["attacks"].values():
             assert ATTACK_FIELDS <= set(result)
-            assert result["robustness_score_ci95"][0] <= result["robustness_score"] <= result["robustness_score_ci95"][1]
+            low, high = result["robustness_score_ci95"]
+            assert low <= result["robustness_score"] <= high
     base, replace = report["models"]["base"], report["models"]["replace"]
     assert base["lipschitz_bound"] is None and base["attacks"]["fgsm@4/255"]["certified_bound"] is None
     assert replace["lipschitz_bound"] > 0

@@ -357,5 +357,6 @@ def test_score_without_a_model_uses_the_bundled_preset(photos, capsys):
     model = from_preset(DEFAULT_PRESET)
     want = evaluation.certified_interval(model, images_of(photos, ["astronaut.png"]), EPS, mos_range=(0.0, 100.0))
     assert row["score"] == pytest.approx(want.score[0], abs=1e-3)
-    assert row["lower"] == pytest.approx(want.lower[0], abs=1e-3) and row["upper"] == pytest.approx(want.upper[0], abs=1e-3)
+    assert row["lower"] == pytest.approx(want.lower[0], abs=1e-3)
+    assert row["upper"] == pytest.approx(want.upper[0], abs=1e-3)
     assert result["lipschitz_bound"] == pytest.approx(models.lipschitz_bound(model))

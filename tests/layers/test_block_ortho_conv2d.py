@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 import skimage.data
 import tensorflow as tf
-from helpers import operator_matrix, run_layer_test, singular_values
+from helpers import operator_matrix, singular_values
 
 from keras_robust_iqa.layers import BlockOrthoConv2D, GroupSort
+from keras_robust_iqa.testing import run_layer_test
 
 
 def built_layer(cin, hw, seed=1, **kwargs):
@@ -185,7 +186,10 @@ def test_cache_is_not_saved_as_weights():
     ],
 )
 def test_layer_round_trips_and_trains(kwargs, tmp_path):
-    run_layer_test(BlockOrthoConv2D, kwargs, (8, 8, 4), tmp_path, atol=1e-5)
+    # A grouped convolution runs through XLA, compiled at each eager call, which makes the power
+    # iteration cost 15 s: its operator's singular values are checked exactly above (CIRCULAR_CASES, groups=2).
+    samples = 0 if kwargs.get("groups", 1) > 1 else 3
+    run_layer_test(BlockOrthoConv2D, kwargs, (8, 8, 4), tmp_path, atol=1e-5, lipschitz_samples=samples)
 
 
 def test_mixed_precision_keeps_float32_and_orthogonality():

@@ -1,13 +1,15 @@
 import keras
 import numpy as np
 import tensorflow as tf
-from helpers import run_layer_test, singular_values
+from helpers import singular_values
 
 from keras_robust_iqa.layers import ChannelGain
+from keras_robust_iqa.testing import run_layer_test
 
 
 def test_channel_gain_layer_contract(tmp_path):
-    run_layer_test(ChannelGain, {}, (4, 4, 3), tmp_path)
+    run_layer_test(ChannelGain, {}, (4, 4, 3), tmp_path, expected_output_shape=(4, 4, 3),
+                   mixed_precision_dtype="float16")
 
 
 def test_gains_start_at_one_and_scale_each_channel():

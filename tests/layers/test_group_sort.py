@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import jacobian_spectral_norms, run_layer_test
+from helpers import jacobian_spectral_norms
 
 from keras_robust_iqa.layers import GroupSort, MaxMin
+from keras_robust_iqa.testing import run_layer_test
 
 
 def test_sorts_within_groups_descending():
@@ -41,7 +42,7 @@ def test_maxmin_equals_groupsort_2():
 
 @pytest.mark.parametrize("cls,kwargs", [(GroupSort, dict(group_size=4)), (MaxMin, {})])
 def test_round_trips(cls, kwargs, tmp_path):
-    run_layer_test(cls, kwargs, (4, 4, 8), tmp_path, train=False)
+    run_layer_test(cls, kwargs, (4, 4, 8), tmp_path, expected_output_shape=(4, 4, 8), train=False)
 
 
 def test_group_size_must_divide_channels():

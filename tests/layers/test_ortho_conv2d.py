@@ -3,9 +3,10 @@ import numpy as np
 import pytest
 import skimage.data
 import tensorflow as tf
-from helpers import operator_matrix, run_layer_test, singular_values
+from helpers import operator_matrix, singular_values
 
 from keras_robust_iqa.layers import OrthoConv2D
+from keras_robust_iqa.testing import run_layer_test
 
 
 def built_layer(cin, hw, **kwargs):

@@ -1,10 +1,11 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import run_layer_test, singular_values
+from helpers import singular_values
 
 from keras_robust_iqa.layers import OrthoDense
 from keras_robust_iqa.layers.linalg import cayley
+from keras_robust_iqa.testing import run_layer_test
 
 
 @pytest.mark.parametrize("din,units", [(8, 8), (5, 12), (12, 5)])
@@ -36,7 +37,7 @@ def test_cayley_orthonormal_columns_or_rows(m, n, dtype):
 
 
 def test_round_trips_and_trains(tmp_path):
-    run_layer_test(OrthoDense, dict(units=3), (6,), tmp_path, atol=1e-6)
+    run_layer_test(OrthoDense, dict(units=3), (6,), tmp_path, expected_output_shape=(3,), atol=1e-6)
 
 
 @pytest.mark.parametrize("units", [0, -1, 1.5, True])

@@ -1,13 +1,14 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import jacobian_spectral_norms, run_layer_test, singular_values
+from helpers import jacobian_spectral_norms, singular_values
 
 from keras_robust_iqa.layers import (
     GlobalL2NormPooling2D,
     InvertibleDownsampling,
     L2NormPooling2D,
 )
+from keras_robust_iqa.testing import run_layer_test
 
 
 def test_l2_norm_pooling_values():
@@ -43,11 +44,13 @@ def test_global_l2_norm_pooling_lipschitz_constant():
 
 
 @pytest.mark.parametrize(
-    "cls,kwargs",
-    [(L2NormPooling2D, dict(pool_size=2)), (InvertibleDownsampling, {}), (GlobalL2NormPooling2D, {})],
+    "cls,kwargs,output_shape,mixed_dtype",
+    [(L2NormPooling2D, dict(pool_size=2), (2, 2, 3), "float32"), (InvertibleDownsampling, {}, (2, 2, 12), "float16"),
+     (GlobalL2NormPooling2D, {}, (3,), "float32")],
 )
-def test_round_trips(cls, kwargs, tmp_path):
-    run_layer_test(cls, kwargs, (4, 4, 3), tmp_path, train=False)
+def test_round_trips(cls, kwargs, output_shape, mixed_dtype, tmp_path):
+    run_layer_test(cls, kwargs, (4, 4, 3), tmp_path, expected_output_shape=output_shape, train=False,
+                   mixed_precision_dtype=mixed_dtype)
 
 
 def test_bad_arguments_and_shapes():

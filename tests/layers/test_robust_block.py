@@ -2,9 +2,10 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import run_layer_test, singular_values
+from helpers import singular_values
 
 from keras_robust_iqa.layers import GlobalL2NormPooling2D, OrthoDense, RobustBlock
+from keras_robust_iqa.testing import run_layer_test
 
 
 @pytest.mark.parametrize("conv", ["fourier", "block"])

@@ -6,7 +6,6 @@ paper's DBCNN backbone) nested the same way.
 """
 
 import keras
-
 from compat_matrix import PATCH
 
 from keras_robust_iqa.models import backbone_iqa_model

@@ -53,8 +53,11 @@ class Matrix:
         key = (name, mode)
         if key not in self._robust:
             conv = self.conv(name) if callable(self.conv) else self.conv
+            # insert keeps the base's weights (its blocks start near the identity); replace would
+            # fit BlockOrthoConv2D factors to random kernels (the bases have weights=None), minutes
+            # of CPU for nothing to keep: keep_weights is tested on a small model (test_models).
             try:
-                self._robust[key] = robustify(self.base(name), mode, conv=conv)
+                self._robust[key] = robustify(self.base(name), mode, conv=conv, keep_weights=mode == "insert")
             except ValueError as error:
                 self._robust[key] = error
         return self._robust[key]

@@ -2,7 +2,6 @@
 7x7 stride-2 stem, max pooling, bottleneck residual stages (ResNet50); plain conv stages and
 max pooling (VGG16, the paper's DBCNN backbone)."""
 
-import pytest
 from compat_applications import APPLICATIONS
 from compat_matrix import cells, matrix_tests
 

@@ -2,7 +2,6 @@ import keras
 import numpy as np
 import pytest
 import skimage.data
-import tensorflow as tf
 
 from keras_robust_iqa import layers as robust_layers
 from keras_robust_iqa.layers.linalg import jacobian_spectral_norm
@@ -16,6 +15,7 @@ from keras_robust_iqa.models import (
     small_iqa_cnn,
     stage_ends,
 )
+from keras_robust_iqa.models.graph import flat_layers
 
 
 def photo_patches(n=6, size=32):
@@ -43,7 +43,7 @@ def test_small_cnn_shapes_and_bad_patch():
 
 def test_build_model_width_scales_the_small_models_channels():
     wide = build_model("small", 32, width=2)
-    convs = [l for l in wide.layers if isinstance(l, keras.layers.Conv2D)]
+    convs = [layer for layer in wide.layers if isinstance(layer, keras.layers.Conv2D)]
     assert [c.filters for c in convs] == [32, 64, 128, 128]
     assert wide.get_layer("fc1").units == 128
     # Odd products round to even counts, which GroupSort can pair.
@@ -59,7 +59,7 @@ def test_insert_keeps_backbone_and_adds_residual_blocks():
     base = small_iqa_cnn(32)
     perturb_weights(base, 0.05)
     model = robustify(base, "insert")
-    blocks = [l for l in model.layers if isinstance(l, robust_layers.RobustBlock)]
+    blocks = [layer for layer in model.layers if isinstance(layer, robust_layers.RobustBlock)]
     assert [b.name for b in blocks] == ["relu2_robust_block", "relu3_robust_block", "relu4_robust_block"]
     assert all(b.residual for b in blocks)
     # The backbone's weights are the base model's.
@@ -71,13 +71,14 @@ def test_insert_keeps_backbone_and_adds_residual_blocks():
     # The base model is left unchanged and still works.
     assert base(x).shape == (6, 1)
     custom = robustify(base, "insert", after=["relu1"])
-    assert [l.name for l in custom.layers if isinstance(l, robust_layers.RobustBlock)] == ["relu1_robust_block"]
+    blocks = [layer.name for layer in custom.layers if isinstance(layer, robust_layers.RobustBlock)]
+    assert blocks == ["relu1_robust_block"]
 
 
 def test_insert_with_block_convolutions():
     base = small_iqa_cnn(32)
     model = robustify(base, "insert", conv="block")
-    blocks = [l for l in model.layers if isinstance(l, robust_layers.RobustBlock)]
+    blocks = [layer for layer in model.layers if isinstance(layer, robust_layers.RobustBlock)]
     assert len(blocks) == 3 and all(isinstance(b.conv, robust_layers.BlockOrthoConv2D) for b in blocks)
     assert model(photo_patches()).shape == (6, 1)
     with pytest.raises(ValueError, match="conv='fft'"):
@@ -120,14 +121,14 @@ def test_replace_is_certified_and_sound_on_real_images(conv):
     base = small_iqa_cnn(32)
     model = robustify(base, "replace", conv=conv)
     ortho = robust_layers.OrthoConv2D if conv == "fourier" else robust_layers.BlockOrthoConv2D
-    assert sum(isinstance(l, ortho) for l in model.layers) == 4
+    assert sum(isinstance(layer, ortho) for layer in model.layers) == 4
     allowed = (
         ortho, robust_layers.OrthoDense, robust_layers.GroupSort,
         robust_layers.L2NormPooling2D, robust_layers.GlobalL2NormPooling2D,
         robust_layers.OutputScale, keras.layers.Identity, keras.layers.InputLayer, keras.Sequential,
         keras.layers.Rescaling,
     )
-    assert all(isinstance(l, allowed) for l in model.layers), [type(l).__name__ for l in model.layers]
+    assert all(isinstance(layer, allowed) for layer in model.layers), [type(layer).__name__ for layer in model.layers]
     perturb_weights(model, 0.2)
     model.get_layer("output_scale").scale.assign(7.0)
     bound = lipschitz_bound(model)
@@ -143,8 +144,8 @@ def test_replace_is_certified_and_sound_on_real_images(conv):
 def test_replace_with_relu_is_certified_and_sound():
     base = small_iqa_cnn(32)
     model = robustify(base, "replace", activation="relu")
-    acts = [l for l in model.layers if isinstance(l, (keras.layers.ReLU, robust_layers.GroupSort))]
-    assert [type(l).__name__ for l in acts] == ["ReLU"] * 4  # relu1..relu4; fc1's is inside a Sequential
+    acts = [layer for layer in model.layers if isinstance(layer, (keras.layers.ReLU, robust_layers.GroupSort))]
+    assert [type(layer).__name__ for layer in acts] == ["ReLU"] * 4  # relu1..relu4; fc1's is inside a Sequential
     assert isinstance(model.get_layer("fc1").layers[-1], keras.layers.ReLU)
     perturb_weights(model, 0.2)
     model.get_layer("output_scale").scale.assign(7.0)
@@ -162,10 +163,11 @@ def test_replace_with_relu_is_certified_and_sound():
 def test_replace_with_invertible_pooling_keeps_every_value_and_is_sound(tmp_path):
     base = small_iqa_cnn(32)
     model = robustify(base, "replace", activation="relu", pooling="invertible")
-    pools = [l for l in model.layers if isinstance(l, (robust_layers.L2NormPooling2D, robust_layers.InvertibleDownsampling))]
-    assert [type(l).__name__ for l in pools] == ["InvertibleDownsampling"] * 3
+    pooling = (robust_layers.L2NormPooling2D, robust_layers.InvertibleDownsampling)
+    pools = [layer for layer in model.layers if isinstance(layer, pooling)]
+    assert [type(layer).__name__ for layer in pools] == ["InvertibleDownsampling"] * 3
     # The convolution after each space-to-depth reads 4 times the channels before it.
-    convs = [l for l in model.layers if isinstance(l, robust_layers.BlockOrthoConv2D)]
+    convs = [layer for layer in model.layers if isinstance(layer, robust_layers.BlockOrthoConv2D)]
     assert [c.input_channels for c in convs] == [3, 4 * 16, 4 * 32, 4 * 64]
     x = photo_patches(4)
     # A permutation of the values: the norm of each patch is kept exactly.
@@ -189,7 +191,7 @@ def test_replace_with_invertible_pooling_keeps_every_value_and_is_sound(tmp_path
 def test_replace_with_channel_gains_is_certified_and_sound():
     base = small_iqa_cnn(32)
     model = robustify(base, "replace", activation="relu", channel_gains=True)
-    gains = [l for l in model._flatten_layers() if isinstance(l, robust_layers.ChannelGain)]
+    gains = [layer for layer in model._flatten_layers() if isinstance(layer, robust_layers.ChannelGain)]
     # After each orthogonal layer but the last, whose gain OutputScale already is.
     assert [g.name for g in gains] == ["conv1_gain", "conv2_gain", "conv3_gain", "conv4_gain", "fc1_gain"]
     assert lipschitz_bound(model) == pytest.approx(lipschitz_bound(robustify(base, "replace", activation="relu")))
@@ -220,7 +222,8 @@ def test_invertible_pooling_refuses_a_residual_that_skips_it():
     outputs = keras.layers.Dense(1)(keras.layers.GlobalAveragePooling2D()(y))
     model = keras.Model(inputs, outputs)
     assert robustify(model, "replace").output_shape == (None, 1)  # L2-norm pooling keeps 4
-    with pytest.raises(ValueError, match="'skip_add' needs inputs of one shape, got \[\(None, 8, 8, 16\), \(None, 8, 8, 4\)\]"):
+    message = r"'skip_add' needs inputs of one shape, got \[\(None, 8, 8, 16\), \(None, 8, 8, 4\)\]"
+    with pytest.raises(ValueError, match=message):
         robustify(model, "replace", pooling="invertible")
 
 
@@ -236,21 +239,22 @@ def test_lipschitz_of_relu_variants():
 
 def test_replace_centres_inputs_with_a_shift_that_keeps_the_bound():
     base = small_iqa_cnn(32)
-    centred = robustify(base, "replace")
-    plain = robustify(base, "replace", input_offset=None)
+    # The weights are set below (and the ResNet50 is random): no start from kernels is needed.
+    centred = robustify(base, "replace", keep_weights=False)
+    plain = robustify(base, "replace", input_offset=None, keep_weights=False)
     # The centring layer reads the input and feeds the first convolution.
-    readers = [l for l in centred.layers if l.input is centred.inputs[0] or l.input is centred.input]
-    assert [type(l).__name__ for l in readers] == ["Rescaling"]
+    readers = [layer for layer in centred.layers if layer.input is centred.inputs[0] or layer.input is centred.input]
+    assert [type(layer).__name__ for layer in readers] == ["Rescaling"]
     assert centred.get_layer("centre_inputs").offset == -0.5
-    assert "centre_inputs" not in [l.name for l in plain.layers]
+    assert "centre_inputs" not in [layer.name for layer in plain.layers]
     perturb_weights(plain, 0.2)
     centred.set_weights(plain.get_weights())
     x = photo_patches(4)
     np.testing.assert_allclose(centred(x), plain(x - 0.5), atol=1e-5)
     assert lipschitz_bound(centred) == pytest.approx(lipschitz_bound(plain))
     # Backbones preprocess their inputs themselves: no second shift.
-    resnet = robustify(backbone_iqa_model("resnet50", 32, weights=None), "replace")
-    assert "centre_inputs" not in [l.name for l in resnet.layers]
+    resnet = robustify(backbone_iqa_model("resnet50", 32, weights=None), "replace", keep_weights=False)
+    assert "centre_inputs" not in [layer.name for layer in resnet.layers]
 
 
 @pytest.mark.parametrize("conv", ["fourier", "block"])
@@ -274,13 +278,14 @@ def test_lipschitz_bound_refuses_uncertifiable_models():
 
 def test_replace_resnet50_crops_and_convex_residuals():
     # Structure and certificate only: a forward pass of a 23M-parameter
-    # orthogonal ResNet50 costs minutes of Cayley solves on a CPU.
+    # orthogonal ResNet50 costs minutes of Cayley solves on a CPU, and so does fitting
+    # its 3x3 kernels to random weights (keep_weights is tested on a small model).
     base = backbone_iqa_model("resnet50", 32, weights=None)
-    model = robustify(base, "replace")
-    sub = [l for l in model.layers if isinstance(l, keras.Model)]
+    model = robustify(base, "replace", keep_weights=False)
+    sub = [layer for layer in model.layers if isinstance(layer, keras.Model)]
     assert sub, "the backbone is a nested model"
     nested = sub[0]
-    kinds = {type(l).__name__ for l in nested.layers}
+    kinds = {type(layer).__name__ for layer in nested.layers}
     assert "ConvexCombination" in kinds and "Add" not in kinds
     assert "Conv2D" not in kinds and "BatchNormalization" not in kinds
     assert model.output_shape == (None, 1)
@@ -316,3 +321,43 @@ def test_score_images_averages_a_centred_grid():
     np.testing.assert_allclose(score_images(model, [img]), [expected], rtol=1e-5)
     with pytest.raises(ValueError, match="smaller than the patch size 32"):
         score_images(model, [img[:20]])
+
+
+def _nearest_rotation(m):
+    """The matrix with orthonormal columns (rows) nearest `m`, of determinant +1 when square."""
+    u, _, vt = np.linalg.svd(m, full_matrices=False)
+    if m.shape[0] == m.shape[1] and np.linalg.det(u @ vt) < 0:
+        u[:, -1] = -u[:, -1]
+    return u @ vt
+
+
+def test_keep_weights_starts_block_convolutions_from_the_trained_kernels():
+    """A 1x1 BlockOrthoConv2D takes the nearest orthogonal matrix; a 3x3 one a kernel fitted to the trained one."""
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([
+        keras.Input((9, 9, 3)),
+        keras.layers.Conv2D(8, 3, activation="relu"),
+        keras.layers.Conv2D(6, 1),
+        keras.layers.Conv2D(10, 1),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(1),
+    ])
+    kept = robustify(model, "replace", keep_weights=True)
+    fresh = robustify(model, "replace", keep_weights=False)
+
+    def kernel(m, name):
+        return next(layer for layer in flat_layers(m) if layer.name == f"{name}_ortho").applied_kernel()
+
+    conv3, conv_narrow, conv_wide = model.layers[:3]
+    for conv in (conv_narrow, conv_wide):  # fewer, then more outputs than inputs
+        trained = np.asarray(conv.kernel, np.float64)[0, 0]  # (in, out)
+        np.testing.assert_allclose(kernel(kept, conv.name)[0, 0], _nearest_rotation(trained.T).T, atol=1e-4)
+    trained = np.asarray(conv3.kernel, np.float64)
+    trained /= np.linalg.norm(trained)
+    fitted, random = (float(np.sum(kernel(m, conv3.name) * trained)) for m in (kept, fresh))
+    # <Q, K / ||K||> <= ||Q|| = sqrt(min(in, out) * taps of an orthogonal 3x3 kernel): bounded, and far above random.
+    assert fitted > 0.7 * np.linalg.norm(kernel(kept, conv3.name)), (fitted, random)
+    assert fitted > random + 0.5
+    # Still orthogonal: the model stays certified.
+    scale = abs(float(kept.get_layer("output_scale").scale.numpy()))
+    assert lipschitz_bound(kept) == pytest.approx(scale / 7, rel=1e-6)  # GlobalL2NormPooling2D on 7 x 7: 1 / 7

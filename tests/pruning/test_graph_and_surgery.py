@@ -14,7 +14,6 @@ from keras_robust_iqa import layers as rl
 from keras_robust_iqa.models import lipschitz_bound, robustify, small_iqa_cnn
 from keras_robust_iqa.pruning import ChannelGraph, criterion, masked_model, prune, prune_model, set_masks
 from keras_robust_iqa.pruning.cost import count_flops, leaf_layers
-from keras_robust_iqa.pruning.surgery import _kernel_inputs
 
 
 def branchy_model(padding="same", conv="fourier"):
@@ -150,8 +149,8 @@ def test_kernel_inputs_follow_space_to_depth():
     holds = np.asarray(tf.nn.space_to_depth(x, 2))[0, 0, 0]  # which input channel each kernel input is
     kept = [1, 3, 4]
     expected = [i for i, c in enumerate(holds) if c in kept]
-    assert sorted(_kernel_inputs(conv, kept)) == expected
-    assert [holds[i] for i in _kernel_inputs(conv, kept)] == kept * 4  # the new layer's layout
+    assert sorted(conv.kernel_inputs(kept)) == expected
+    assert [holds[i] for i in conv.kernel_inputs(kept)] == kept * 4  # the new layer's layout
 
 
 def test_nothing_pruned_reproduces_the_model(branchy):
@@ -196,15 +195,15 @@ def test_replace_model_bound_never_rises(conv):
 def test_channel_gains_are_pruned_with_their_channels():
     keras.utils.set_random_seed(0)
     model = robustify(small_iqa_cnn(16, widths=(8, 8, 16), head_units=8), "replace", channel_gains=True)
-    for gain in (l for l in model._flatten_layers() if isinstance(l, rl.ChannelGain)):
+    for gain in (layer for layer in model._flatten_layers() if isinstance(layer, rl.ChannelGain)):
         gain.gain.assign(np.linspace(-1, 1, gain.gain.shape[0]))
     graph = ChannelGraph(model)
     # Nothing pruned: the same function.
     x = np.random.default_rng(2).uniform(size=(3, 16, 16, 3)).astype("float32")
     np.testing.assert_allclose(np.asarray(prune_model(model, graph, set())(x)), np.asarray(model(x)), rtol=1e-5)
     pruned = prune_model(model, graph, graph.select(graph.scores(), fraction=0.5))
-    kept = {l.name: l for l in pruned._flatten_layers() if isinstance(l, rl.ChannelGain)}
-    convs = {l.name: l for l in pruned._flatten_layers() if isinstance(l, rl.BlockOrthoConv2D)}
+    kept = {layer.name: layer for layer in pruned._flatten_layers() if isinstance(layer, rl.ChannelGain)}
+    convs = {layer.name: layer for layer in pruned._flatten_layers() if isinstance(layer, rl.BlockOrthoConv2D)}
     for i in (1, 2, 3):
         assert kept[f"conv{i}_gain"].gain.shape[0] == convs[f"conv{i}_ortho"].filters < (8, 8, 16)[i - 1]
         # The kept gains are a subset of the old ones, in order.
@@ -221,16 +220,18 @@ def test_a_zero_channel_gain_makes_a_channel_the_first_to_prune():
     keras.utils.set_random_seed(0)
     model = robustify(small_iqa_cnn(16, widths=(8, 8, 16), head_units=8), "replace", activation="relu",
                       channel_gains=True)
-    layers = {l.name: l for l in model._flatten_layers()}
+    layers = {layer.name: layer for layer in model._flatten_layers()}
     layers["conv1_gain"].gain.assign([1, 1, 1, 0, 1, 1, 1, 1])
     layers["conv2_gain"].gain.assign([1, -0.5, 1, 1, 1, 1, 0, 1])
     graph = ChannelGraph(model)
     scores = graph.scores()
-    np.testing.assert_allclose(scores["conv1_ortho"], criterion.channel_scores(layers["conv1_ortho"]) * [1, 1, 1, 0, 1, 1, 1, 1])
-    np.testing.assert_allclose(scores["conv2_ortho"], criterion.channel_scores(layers["conv2_ortho"]) * [1, 0.5, 1, 1, 1, 1, 0, 1])
+    np.testing.assert_allclose(scores["conv1_ortho"],
+                               criterion.channel_scores(layers["conv1_ortho"]) * [1, 1, 1, 0, 1, 1, 1, 1])
+    np.testing.assert_allclose(scores["conv2_ortho"],
+                               criterion.channel_scores(layers["conv2_ortho"]) * [1, 0.5, 1, 1, 1, 1, 0, 1])
     np.testing.assert_allclose(scores["conv3_ortho"], criterion.channel_scores(layers["conv3_ortho"]))
     pruned = prune_model(model, graph, graph.select(scores, tau=1e-12))
-    kept = {l.name: l for l in pruned._flatten_layers()}
+    kept = {layer.name: layer for layer in pruned._flatten_layers()}
     assert [kept[f"conv{i}_ortho"].filters for i in (1, 2, 3)] == [7, 7, 16]
     # Exactly the silent channels went (orthogonal layers are re-parameterised by the
     # surgery, so the function itself is compared on plain layers below).

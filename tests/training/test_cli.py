@@ -22,9 +22,15 @@ from keras_robust_iqa import cli
 from keras_robust_iqa import data as iqa_data
 from keras_robust_iqa.models import MODEL_NAMES
 from keras_robust_iqa.training import trainer
-from keras_robust_iqa.training.trainer import (LOSSES, ROBUST_ACTIVATIONS, ROBUST_CONVOLUTIONS, ROBUST_MODES,
-                                               ROBUST_POOLINGS, STRATEGIES,
-                                               TrainConfig)
+from keras_robust_iqa.training.trainer import (
+    LOSSES,
+    ROBUST_ACTIVATIONS,
+    ROBUST_CONVOLUTIONS,
+    ROBUST_MODES,
+    ROBUST_POOLINGS,
+    STRATEGIES,
+    TrainConfig,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONSOLE_SCRIPT = Path(sys.executable).parent / "robust-iqa"

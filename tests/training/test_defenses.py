@@ -85,8 +85,10 @@ def test_relative_nt_penalty_cannot_be_lowered_by_shrinking_the_scores(scale):
     paper's penalty by c^2 and leaves the relative one as it is."""
     model, w, b = linear_model()
     x = interior_images()
-    penalties = lambda m: [float(NormRegularizedTraining(m, h=1e-3, relative_eps=eps).gradient_penalty(x)[1])
-                           for eps in (None, EPS)]
+    def penalties(m):
+        return [float(NormRegularizedTraining(m, h=1e-3, relative_eps=eps).gradient_penalty(x)[1])
+                for eps in (None, EPS)]
+
     absolute, relative = penalties(model)
     model.layers[-1].set_weights([scale * w[:, None].astype("float32"), np.array([scale * b], "float32")])
     scaled_absolute, scaled_relative = penalties(model)
@@ -271,7 +273,9 @@ def test_config_round_trip_and_safe_mode_save(cls, kwargs, tmp_path):
     path = tmp_path / "defended.keras"
     defended.save(path)
     restored = keras.saving.load_model(path, safe_mode=True)
-    as_json = lambda c: json.loads(json.dumps(c))  # the file stores shapes as lists, not tuples
+    def as_json(c):
+        return json.loads(json.dumps(c))  # the file stores shapes as lists, not tuples
+
     assert type(restored) is cls and as_json(restored.get_config()) == as_json(config)
     x = interior_images(n=2)
     np.testing.assert_allclose(np.asarray(restored(x)), np.asarray(model(x)), rtol=1e-6)

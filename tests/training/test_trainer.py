@@ -38,8 +38,7 @@ from keras_robust_iqa import models as iqa_models
 from keras_robust_iqa.data.builtin import builtin_folder
 from keras_robust_iqa.models import lipschitz_bound
 from keras_robust_iqa.training.distillation import distillation_targets
-from keras_robust_iqa.training.trainer import (TrainConfig, build, compile_model, evaluate_images, load_run_model,
-                                               train)
+from keras_robust_iqa.training.trainer import TrainConfig, build, compile_model, evaluate_images, load_run_model, train
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SIZE = BUILTIN_SIZE  # side of the built-in images in these tests (`builtin_cache`)
@@ -304,7 +303,7 @@ def test_correlation_loss_run_is_saved_on_the_mos_scale(small_builtin, tmp_path)
     assert slope == pytest.approx(1.0, abs=1e-3)
     # Calibrating again folds into the one layer instead of stacking a second.
     again, refit = calibrate_to_mos(model, table)
-    assert [l.name for l in again.layers].count("mos_calibration") == 1
+    assert [layer.name for layer in again.layers].count("mos_calibration") == 1
     assert refit["scale"] == pytest.approx(fit["scale"], rel=1e-3)
     # The map is affine with a positive scale: the correlations are the uncalibrated ones.
     raw = keras.Model(model.inputs, last.input)
@@ -464,7 +463,8 @@ def test_width_needs_the_small_model(tmp_path):
     with pytest.raises(ValueError, match="^--width 2 needs --model small .* --model resnet50"):
         train(TrainConfig(model="resnet50", width=2), tmp_path / "run")
     wide = build(TrainConfig(robust="replace", robust_conv="block", width=2, patch_size=32))
-    assert wide.count_params() > 3 * build(TrainConfig(robust="replace", robust_conv="block", patch_size=32)).count_params()
+    narrow = build(TrainConfig(robust="replace", robust_conv="block", patch_size=32))
+    assert wide.count_params() > 3 * narrow.count_params()
 
 
 @pytest.mark.parametrize("option, value, layer, count", [
@@ -480,7 +480,7 @@ def test_replace_options_need_replace(option, value, layer, count, tmp_path):
         with pytest.raises(ValueError, match=f"^{shown} needs --robust replace .* --robust {robust}"):
             train(config, tmp_path / "run")
     model = build(TrainConfig(robust="replace", patch_size=32, **{option: value}))
-    assert sum(isinstance(l, layer) for l in all_layers(model)) == count
+    assert sum(isinstance(found, layer) for found in all_layers(model)) == count
     assert lipschitz_bound(model) > 0
 
 
@@ -499,7 +499,7 @@ PRELUDE = textwrap.dedent(
 )
 
 _MIRRORED_SCRIPT = PRELUDE + textwrap.dedent(
-    f"""
+    """
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -511,7 +511,7 @@ _MIRRORED_SCRIPT = PRELUDE + textwrap.dedent(
         def on_train_begin(self, logs=None):
             self.strategy = type(self.model.distribute_strategy).__name__
 
-    result = {{}}
+    result = {}
     # Two models in one process: the second reuses the strategy (a second
     # MirroredStrategy would clash with the first one's collective ops).
     for robust in (None, "replace"):

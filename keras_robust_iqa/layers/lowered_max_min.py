@@ -2,9 +2,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_robust_iqa.layers import contract
+
 
 @keras.saving.register_keras_serializable(package="keras_robust_iqa")
-class LoweredMaxMin(keras.layers.Layer):
+class LoweredMaxMin(contract.LayerContract, keras.layers.Layer):
     """`MaxMin` (a `GroupSort` of channel pairs) as two 1x1 convolutions and a ReLU.
 
     For a pair `(a, b)`, `max(a, b) = a + relu(b - a)` and `min(a, b) = b - relu(b - a)`,
@@ -17,6 +19,15 @@ class LoweredMaxMin(keras.layers.Layer):
     Sorts along the last axis; rank-4 inputs use 1x1 convolutions, other ranks matrix
     products. No weights: `D` and `E` are constants of the graph.
     """
+
+    def lipschitz_constant(self, input_shape=None):
+        return 1.0  # the same function as MaxMin: a permutation of each pair
+
+    def channel_role(self):
+        return contract.PASS
+
+    def tied_channels(self):
+        return 2
 
     def build(self, input_shape):
         channels = input_shape[-1]

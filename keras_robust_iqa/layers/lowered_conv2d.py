@@ -1,10 +1,14 @@
+"""Plain-op layers the orthogonal convolutions lower to for export (`LayerContract.lowered`)."""
+
 import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_robust_iqa.layers.contract import LayerContract
+
 
 @keras.saving.register_keras_serializable(package="keras_robust_iqa")
-class LoweredOrthoConv2D(keras.layers.Layer):
+class LoweredOrthoConv2D(LayerContract, keras.layers.Layer):
     """A frozen `OrthoConv2D` for one input size, in builtin ops only.
 
     TFLite has no IRFFT2D and no complex matmul, so the layer's
@@ -52,6 +56,10 @@ class LoweredOrthoConv2D(keras.layers.Layer):
         if layer.use_bias:
             lowered.bias.assign(keras.ops.convert_to_numpy(layer.bias))
         return lowered
+
+    def lipschitz_constant(self, input_shape=None):
+        # The frozen operator of an OrthoConv2D: orthogonal, or a crop of an orthogonal one.
+        return 1.0
 
     def build(self, input_shape):
         _, height, width, channels = input_shape
@@ -167,7 +175,7 @@ def realified_frequency_matrices(q, fft_h, fft_w):
 
 
 @keras.saving.register_keras_serializable(package="keras_robust_iqa")
-class CircularPadding2D(keras.layers.Layer):
+class CircularPadding2D(LayerContract, keras.layers.Layer):
     """Wraps the borders around, as `BlockOrthoConv2D(padding="circular")` reads them.
 
     A VALID convolution after it is the circular convolution (slices and a
@@ -185,8 +193,6 @@ class CircularPadding2D(keras.layers.Layer):
         self.trainable = False
 
     def call(self, inputs):
-        from keras_robust_iqa.layers.block_ortho_conv2d import circular_pad
-
         return circular_pad(inputs, self.kernel_size, self.strides)
 
     def compute_output_shape(self, input_shape):
@@ -201,7 +207,7 @@ class CircularPadding2D(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="keras_robust_iqa")
-class GroupedConv2D(keras.layers.Layer):
+class GroupedConv2D(LayerContract, keras.layers.Layer):
     """A frozen grouped 2-D convolution, as one TensorFlow `Conv2D` op.
 
     Keras runs a grouped convolution on TensorFlow inside an XLA-compiled
@@ -262,3 +268,25 @@ class GroupedConv2D(keras.layers.Layer):
         config.update(filters=self.filters, kernel_size=self.kernel_size, strides=self.strides,
                       padding=self.padding, groups=self.groups, use_bias=self.use_bias)
         return config
+
+
+def circular_pad(x, kernel_size, stride):
+    """Wrap `x` around so that a VALID stride-`s` convolution is circular.
+
+    The offsets match `padding="same"`'s: `(k - s) // 2` rows before, the
+    rest after (the same taps, read from the other border instead of zeros).
+    """
+    for axis, k in zip((1, 2), kernel_size):
+        before = (k - stride) // 2
+        after = k - stride - before
+        index = [slice(None)] * 4
+        parts = []
+        if before:
+            index[axis] = slice(-before, None)
+            parts.append(x[tuple(index)])
+        parts.append(x)
+        if after:
+            index[axis] = slice(None, after)
+            parts.append(x[tuple(index)])
+        x = tf.concat(parts, axis=axis) if len(parts) > 1 else x
+    return x
