@@ -12,10 +12,6 @@ import pathlib
 
 # Found without importing it (no TensorFlow start-up for a test that reads files).
 PACKAGE = pathlib.Path(importlib.util.find_spec("keras_robust_iqa").origin).parent
-# Cycles known and owned elsewhere, each with who removes it. `attacks.transfer.transfer` looks
-# attacks up in the `ATTACKS` registry of `attacks/__init__`, which registers `transfer`: the
-# attacks work (issue 30) moves the registry out of the package's `__init__`.
-KNOWN_CYCLES = {frozenset({"keras_robust_iqa.attacks", "keras_robust_iqa.attacks.transfer"})}
 
 
 def module_names():
@@ -97,8 +93,4 @@ def test_find_cycles_finds_a_cycle():
 
 def test_no_import_cycle_inside_the_package():
     cycles = find_cycles(import_graph())
-    new = [c for c in cycles if frozenset(c) not in KNOWN_CYCLES]
-    assert not new, "import cycles:\n" + "\n".join(" -> ".join(c) for c in new)
-    # A known cycle that is gone leaves the list: it must not come back unnoticed.
-    gone = KNOWN_CYCLES - {frozenset(c) for c in cycles}
-    assert not gone, f"cycles fixed, remove them from KNOWN_CYCLES: {sorted(map(sorted, gone))}"
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)

@@ -12,7 +12,7 @@ from keras_robust_iqa.attacks.generators import unet_generator
 from keras_robust_iqa.attacks.gradient import amifgsm, fgsm, ifgsm, korhonen, mifgsm, pgd_l2, sobel_mask
 from keras_robust_iqa.attacks.gradient_free import square
 from keras_robust_iqa.attacks.loop import image_score_fn
-from keras_robust_iqa.attacks.transfer import transfer
+from keras_robust_iqa.attacks.transfer import CRAFTING_ATTACKS, transfer
 from keras_robust_iqa.attacks.universal import (
     UAP_MSU_SETTINGS,
     UAP_VARIANTS,
@@ -23,20 +23,7 @@ from keras_robust_iqa.attacks.universal import (
 )
 
 # Every attack by name; all but pgd_l2 take an L-inf budget.
-ATTACKS = {
-    "fgsm": fgsm,
-    "ifgsm": ifgsm,
-    "mifgsm": mifgsm,
-    "amifgsm": amifgsm,
-    "pgd_l2": pgd_l2,
-    "korhonen": korhonen,
-    "uap": uap,
-    "cumulative_uap": cumulative_uap,
-    "generative_uap": generative_uap,
-    "facpa": facpa,
-    "square": square,
-    "transfer": transfer,
-}
+ATTACKS = {**CRAFTING_ATTACKS, "transfer": transfer}
 L2_ATTACKS = ("pgd_l2",)
 
 __all__ = [
