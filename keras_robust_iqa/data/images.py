@@ -25,7 +25,6 @@ This module needs Pillow only, so metadata readers can use it without TensorFlow
 from __future__ import annotations
 
 import io
-import warnings
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -53,9 +52,9 @@ def exif_orientation(im: Image.Image) -> int:
     if im.format == "PNG" and "exif" not in im.info:
         return 1  # Pillow's getexif would decode the whole PNG to look after the image data
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow warns of a corrupt EXIF block: it only means no tag
-            value = im.getexif().get(ORIENTATION_TAG, 1)
+        # No `warnings.catch_warnings` here: it swaps process-wide state and this runs in the
+        # validation's worker threads, where it can leave other threads' filters changed.
+        value = im.getexif().get(ORIENTATION_TAG, 1)
     except Exception:  # a malformed EXIF block does not make the image unreadable
         return 1
     return int(value) if isinstance(value, int) and 1 <= value <= 8 else 1
@@ -107,9 +106,9 @@ def _rgb01(im: Image.Image) -> np.ndarray:
     elif im.mode == "F":
         x = np.clip(np.asarray(im, dtype=np.float32), 0, 1)
     else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # palette transparency: dropped with the alpha anyway
-            x = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+        if im.mode == "P" and "transparency" in im.info:
+            im = im.convert("RGBA")  # what Pillow asks for (it warns otherwise); the alpha is dropped next
+        x = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
     if x.ndim == 2:
         x = np.repeat(x[..., None], 3, axis=-1)
     return np.ascontiguousarray(x, dtype=np.float32)

@@ -114,7 +114,8 @@ def test_every_option_reaches_the_config(monkeypatch, capsys, tmp_path):
         robust_pooling="invertible", robust_channel_gains=True,
         weights="imagenet", init_from="runs/base", distill_from="runs/teacher", distill_weight=0.25,
         epochs=3, batch_size=7, patch_size=48,
-        patches_per_image=2, augment="dihedral", learning_rate=0.01, lr_schedule="constant", ema=0.9, loss="plcc",
+        patches_per_image=2, augment="dihedral", fresh_distortions=True,
+        learning_rate=0.01, lr_schedule="constant", ema=0.9, loss="plcc",
         patience=2, seed=5,
         strategy="mirrored", defense="nt", defense_eps=8 / 255, nt_lambda=0.01, nt_h=0.001,
     )
