@@ -1,7 +1,7 @@
 """White-box gradient attacks that raise the predicted quality.
 
 Budgets are in [0, 1] pixel units; defaults follow the MSU metrics robustness
-benchmark (Antsiferova et al., AAAI 2024; see REFERENCE.md). The benchmark
+benchmark (Antsiferova et al., AAAI 2024; the settings are in docs/attacks.md). The benchmark
 minimises `1 - f(x') / range`; every update here is invariant to the positive
 factor `1 / range` (signed steps, normalised steps, Adam), so the attacks ascend
 `f` directly.

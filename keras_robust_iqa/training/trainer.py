@@ -90,7 +90,7 @@ class TrainConfig:
     patience: int = 8
     seed: int = 0
     strategy: str = "auto"
-    # A data-driven defense baseline (training/defenses.py) and its settings (REFERENCE.md).
+    # A data-driven defense baseline (training/defenses.py) and its settings (docs/training.md).
     defense: str | None = None
     defense_eps: float = 4 / 255
     nt_lambda: float = 1e-3
