@@ -203,10 +203,9 @@ def draw_distortion(pristine: np.ndarray, colour: bool, rng: np.random.Generator
         pristine) and the distortion's name (``"pristine"`` when none).
     """
     names = [name for name, (_, _, colour_only) in DISTORTIONS.items() if colour or not colour_only]
-    ref01 = pristine.astype(np.float64) / 255.0
     choice = int(rng.integers(1 + 5 * len(names)))
     if choice >= len(names) * 5:
-        return (ref01.astype(np.float32), 100.0, "pristine")
+        return (pristine.astype(np.float32) / np.float32(255.0), 100.0, "pristine")
     name = names[choice // 5]
     levels = DISTORTIONS[name][1]
     u = rng.uniform(0.0, len(levels) - 1)

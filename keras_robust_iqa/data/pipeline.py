@@ -267,13 +267,12 @@ def _fresh_distortions(table: IQATable, seed: int) -> tf.data.Dataset:
 
     crops, colour = pristine_crops(table)
     weights = msssim_weights(*crops.shape[1:3])
-    low, high = table.mos_range
 
     def draw(element_seed):
         rng = np.random.default_rng(np.asarray(element_seed).astype(np.uint64).tolist())
         k = int(rng.integers(len(crops)))
         image, mos, _ = draw_distortion(crops[k], bool(colour[k]), rng, weights)
-        return image, np.float32((mos - low) / (high - low))
+        return image, np.float32(table.normalize(mos))
 
     def sample(element_seed):
         image, y = tf.numpy_function(draw, [element_seed], (tf.float32, tf.float32), stateful=False)
