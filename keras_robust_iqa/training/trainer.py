@@ -59,7 +59,8 @@ class TrainConfig:
     dataset: str = option("builtin", "dataset format to read (default: {default}; builtin is made from "
                           "scikit-image's photographs, no download)", choices=iqa_data.READERS)
     data_dir: str | None = option(None, "dataset folder (for csv: the CSV file or a folder with mos.csv); "
-                                  "for builtin: an optional cache folder")
+                                  "for builtin: an optional cache folder (default: $ROBUST_IQA_CACHE or "
+                                  "~/.cache/keras_robust_iqa)")
     model: str = option("small", "base model (default: {default}; small is a CNN that trains on a CPU in "
                         "minutes, the backbones want a GPU)", choices=iqa_models.MODEL_NAMES)
     width: float = option(1.0, "multiply the small model's channels and head units by this factor, e.g. 2 "
