@@ -62,7 +62,7 @@ def main(argv=None):
     from keras_robust_iqa.evaluation.runs import _load_split, read_run_config
     from keras_robust_iqa.evaluation.strength import strength_ratio, stronger_training
     from keras_robust_iqa.models.patches import score_images
-    from keras_robust_iqa.training.command import fraction
+    from keras_robust_iqa.training.options import fraction
     from keras_robust_iqa.training.trainer import load_run_model
 
     budgets = sorted(budget_list(args.eps, fraction))

@@ -3,6 +3,8 @@
 
 def add_parser(subparsers):
     from keras_robust_iqa.demo import DemoSettings
+    from keras_robust_iqa.training.options import add_arguments
+    from keras_robust_iqa.training.trainer import TrainConfig
 
     d = DemoSettings()
     p = subparsers.add_parser(
@@ -14,15 +16,10 @@ def add_parser(subparsers):
         "Finished stages are reused on a re-run and an interrupted training resumes.",
     )
     p.add_argument("--out", default="runs/demo", help="folder for every stage's outputs (default: runs/demo)")
-    p.add_argument("--dataset", default=d.dataset,
-                   choices=("builtin", "koniq10k", "kadid10k", "livec", "tid2013", "spaq", "csv"),
-                   help="dataset (default: builtin, made from scikit-image's photographs; no download)")
-    p.add_argument("--data-dir", help="dataset folder, for the public datasets")
-    p.add_argument("--model", default=d.model, choices=("small", "resnet50", "mobilenetv3", "efficientnetv2b0"),
-                   help=f"base model (default: {d.model}); the backbones want a GPU")
-    p.add_argument("--weights", help="starting weights of a backbone: imagenet or a .weights.h5 file (default: none)")
-    p.add_argument("--patch-size", type=int,
-                   help=f"side of the square patches the models score (default: {d.patch_size})")
+    # The options the demo shares with `robust-iqa train`, declared on TrainConfig; the
+    # demo's settings give their defaults (--patches-per-image unset: --quick picks its own).
+    add_arguments(p, TrainConfig, ("dataset", "data_dir", "model", "weights", "patch_size", "patches_per_image",
+                                   "seed"), d, unset=("patches_per_image",))
     p.add_argument("--epochs", type=int,
                    help=f"epochs of the base model; the NT and adversarial baselines get half, about the "
                    f"same training time (default: {d.epochs})")
@@ -32,8 +29,6 @@ def add_parser(subparsers):
     p.add_argument("--replace-width", type=float,
                    help="channel multiplier of the replace model, for the small model only (default: "
                    f"{d.replace_width:g}: twice the base's channels; backbones keep their widths)")
-    p.add_argument("--patches-per-image", type=int,
-                   help=f"random training patches per image and epoch (default: {d.patches_per_image})")
     p.add_argument("--finetune-epochs", type=int,
                    help=f"fine-tuning epochs after pruning (default: {d.finetune_epochs})")
     p.add_argument("--eval-images", type=int, help=f"test images attacked per model (default: {d.eval_images})")
@@ -44,7 +39,6 @@ def add_parser(subparsers):
                    help="comma-separated attacks (among --attacks, or all) also run much longer in the evaluate "
                    "stage, their gain's ratio to it reported (robust-iqa evaluate --strength); the learned "
                    "attacks' check adds minutes per model (default: none)")
-    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default: {d.seed})")
     p.add_argument("--quick", action="store_true",
                    help="a smoke test: one short epoch per model, 4 images, 2 attacks (the other flags still apply)")
     p.set_defaults(func=run)

@@ -263,7 +263,7 @@ def _seeds(text):
 
 def parser():
     from keras_robust_iqa.evaluation.command import budget_list, comma_list
-    from keras_robust_iqa.training.command import fraction
+    from keras_robust_iqa.training.options import fraction
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/frontier",

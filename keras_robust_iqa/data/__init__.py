@@ -1,9 +1,9 @@
 """IQA datasets (official file formats, validated) and tf.data pipelines.
 
-Readers return an :class:`IQATable`; :func:`make_dataset` turns one into a tf.data pipeline.
-``load_table(name, data_dir)`` picks the reader by name. The pipeline functions are loaded
-on first use. (Importing ``keras_robust_iqa`` itself imports TensorFlow: it registers the
-package's Keras classes so that ``.keras`` files load in safe mode.)
+Readers return an `IQATable`; `make_dataset` turns one into a tf.data pipeline.
+`load_table(name, data_dir)` picks the reader by name. The pipeline functions are loaded
+on first use. (Importing `keras_robust_iqa` itself imports TensorFlow: it registers the
+package's Keras classes so that `.keras` files load in safe mode.)
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ READERS = {
 
 
 def load_table(name: str, data_dir=None, **kwargs) -> IQATable:
-    """Read dataset ``name`` from ``data_dir`` (keyword arguments go to its reader).
+    """Read dataset `name` from `data_dir` (keyword arguments go to its reader).
 
-    ``builtin``: ``data_dir`` is the cache folder (optional). ``csv``: a CSV file or a folder
-    holding ``mos.csv``. Every other dataset needs its folder.
+    `builtin`: `data_dir` is the cache folder (optional). `csv`: a CSV file or a folder
+    holding `mos.csv`. Every other dataset needs its folder.
     """
     key = str(name).lower()
     if key not in READERS:

@@ -2,40 +2,40 @@
 
 Every command of the package must run with no download, so this dataset is made locally:
 
-* Sources: the real photographs shipped inside the scikit-image wheel (``SOURCES``; no
+- Sources: the real photographs shipped inside the scikit-image wheel (`SOURCES`; no
   pooch download). Grayscale photographs are repeated to 3 channels. Synthetic images
   (checkerboard, colorwheel, logo, horse, phantom, blobs) and already-degraded ones
-  (``clock`` is motion-blurred) are left out, and ``cat`` is the same photo as ``chelsea``.
-  So are ``cell`` (an out-of-focus microscope image) and ``hubble_deep_field`` (a dark,
+  (`clock` is motion-blurred) are left out, and `cat` is the same photo as `chelsea`.
+  So are `cell` (an out-of-focus microscope image) and `hubble_deep_field` (a dark,
   noisy sky): a no-reference model cannot tell their pristine version from a blurred or
   noisy one, while MS-SSIM labels it 100. Public IQA sets pick sharp, clean references for
   the same reason.
-* Crops: each photograph is rescaled by ``size / 256`` (very large ones first brought to
-  768 px on the long side), so a crop shows the same scene content at every ``size``; then
-  the most detailed non-overlapping ``size x size`` crops are kept (2, or 1 for the
-  small ``chelsea`` and ``coins``).
-* Distortions (``DISTORTIONS``), five levels each, chosen so the labels spread over the
+- Crops: each photograph is rescaled by `size / 256` (very large ones first brought to
+  768 px on the long side), so a crop shows the same scene content at every `size`; then
+  the most detailed non-overlapping `size x size` crops are kept (2, or 1 for the
+  small `chelsea` and `coins`).
+- Distortions (`DISTORTIONS`), five levels each, chosen so the labels spread over the
   scale: Gaussian blur, white Gaussian noise, JPEG and JPEG 2000 through Pillow's codecs,
   contrast reduction, pixelation, salt and pepper, gamma (darkening) and colour
   over-saturation (colour sources only). The pristine crops are included too.
-* Labels: MS-SSIM of the stored (8-bit) distorted image against its pristine crop, exactly
-  as defined by ``tf.image.ssim_multiscale(max_val=1.0)`` (11x11 Gaussian window, sigma 1.5,
+- Labels: MS-SSIM of the stored (8-bit) distorted image against its pristine crop, exactly
+  as defined by `tf.image.ssim_multiscale(max_val=1.0)` (11x11 Gaussian window, sigma 1.5,
   K1 0.01, K2 0.03, 2x2 average pooling, the weights of Wang et al. 2003, mean over RGB).
-  It is evaluated by :func:`ms_ssim`, a NumPy/SciPy transcription of that function using
+  It is evaluated by `ms_ssim`, a NumPy/SciPy transcription of that function using
   the separable form of its Gaussian window; TensorFlow's depthwise 11x11 convolution is
-  ~10x slower on CPU. ``tests/data/test_data_builtin.py`` checks the two agree. For
-  ``size < 176`` the coarsest scales would be smaller than the window, so only the scales
+  ~10x slower on CPU. `tests/data/test_data_builtin.py` checks the two agree. For
+  `size < 176` the coarsest scales would be smaller than the window, so only the scales
   that fit are used, with their weights renormalised to sum to 1.
-* MOS mapping (monotone, 100 for a pristine image, 0 for MS-SSIM 0):
-  ``mos = 100 * (1 - ln(1 + d / 0.05) / ln(1 + 1 / 0.05))`` with ``d = 1 - MS-SSIM``.
+- MOS mapping (monotone, 100 for a pristine image, 0 for MS-SSIM 0):
+  `mos = 100 * (1 - ln(1 + d / 0.05) / ln(1 + 1 / 0.05))` with `d = 1 - MS-SSIM`.
   The log spreads the many small distances: MS-SSIM 0.99 -> 94, 0.95 -> 77, 0.9 -> 64,
   0.8 -> 47, 0.6 -> 28.
-* Split by source photograph, from the seed: ~70/10/20 of the sources with at least two
+- Split by source photograph, from the seed: ~70/10/20 of the sources with at least two
   in val and in test, so no photograph (nor any crop of it) is in two splits.
 
-Cache: ``$ROBUST_IQA_CACHE`` or ``~/.cache/keras_robust_iqa``, folder
-``builtin-{VERSION}-s{size}-seed{seed}`` with ``images/``, ``mos.csv`` (``path, mos, split, ref,
-distortion, level``; ``ref`` is the source photograph) and ``manifest.json``. It is built in
+Cache: `$ROBUST_IQA_CACHE` or `~/.cache/keras_robust_iqa`, folder
+`builtin-{VERSION}-s{size}-seed{seed}` with `images/`, `mos.csv` (`path, mos, split, ref,
+distortion, level`; `ref` is the source photograph) and `manifest.json`. It is built in
 a temporary sibling folder and renamed into place, so an interrupted build leaves no
 half-built dataset, and later calls reuse it.
 """
@@ -184,23 +184,23 @@ def draw_distortion(pristine: np.ndarray, colour: bool, rng: np.random.Generator
                     weights=None) -> tuple[np.ndarray, float, str]:
     """A new distorted version of a pristine crop at a continuous level, labelled like the set.
 
-    The distortion is drawn uniformly from ``DISTORTIONS`` (``saturation`` for colour crops
+    The distortion is drawn uniformly from `DISTORTIONS` (`saturation` for colour crops
     only), or the crop is left pristine with the share pristine crops have in the stored set
-    (one in ``1 + 5 * len(distortions)``). The level ``u`` is uniform in [0, 4] on the
+    (one in `1 + 5 * len(distortions)`). The level `u` is uniform in [0, 4] on the
     index of the five stored levels, interpolated geometrically between neighbours
-    (``l[i] ** (1 - f) * l[i + 1] ** f``), so the stored levels are the points ``u = 0..4``
+    (`l[i] ** (1 - f) * l[i + 1] ** f`), so the stored levels are the points `u = 0..4`
     and every strength between them is drawn as often; the pixelation factor is rounded.
 
     Args:
-        pristine: ``(h, w, 3)`` uint8, a pristine crop as stored.
-        colour: whether the crop has colour (gray crops get no ``saturation``).
-        rng: the only randomness: the draw, and the noise of ``noise`` / ``saltpepper``.
+        pristine: `(h, w, 3)` uint8, a pristine crop as stored.
+        colour: whether the crop has colour (gray crops get no `saturation`).
+        rng: the only randomness: the draw, and the noise of `noise` / `saltpepper`.
         weights: MS-SSIM power factors (default: those that fit the crop's size).
 
     Returns:
-        ``(image, mos, distortion)``: the distorted crop as its stored 8-bit pixels in
-        float32 [0, 1], its MOS (``msssim_to_mos`` of the MS-SSIM to the crop, 100 when
-        pristine) and the distortion's name (``"pristine"`` when none).
+        `(image, mos, distortion)`: the distorted crop as its stored 8-bit pixels in
+        float32 [0, 1], its MOS (`msssim_to_mos` of the MS-SSIM to the crop, 100 when
+        pristine) and the distortion's name (`"pristine"` when none).
     """
     names = [name for name, (_, _, colour_only) in DISTORTIONS.items() if colour or not colour_only]
     choice = int(rng.integers(1 + 5 * len(names)))
@@ -217,8 +217,8 @@ def draw_distortion(pristine: np.ndarray, colour: bool, rng: np.random.Generator
 
 
 def distort(pristine: np.ndarray, name: str, level, rng: np.random.Generator, weights=None) -> tuple[np.ndarray, float]:
-    """``pristine`` (uint8) under distortion ``name`` at ``level``: its stored 8-bit pixels in
-    float32 [0, 1] and its MOS, computed as the stored set's (``_build_source``) are."""
+    """`pristine` (uint8) under distortion `name` at `level`: its stored 8-bit pixels in
+    float32 [0, 1] and its MOS, computed as the stored set's (`_build_source`) are."""
     fn = DISTORTIONS[name][0]
     ref01 = pristine.astype(np.float64) / 255.0
     stored = _u8(np.clip(fn(ref01, level, rng), 0.0, 1.0)).astype(np.float32) / np.float32(255.0)
@@ -229,7 +229,7 @@ def distort(pristine: np.ndarray, name: str, level, rng: np.random.Generator, we
 
 
 def pristine_crops(table: IQATable) -> tuple[np.ndarray, np.ndarray]:
-    """The pristine crops of a built-in table, ``(N, h, w, 3)`` uint8, and whether each has colour.
+    """The pristine crops of a built-in table, `(N, h, w, 3)` uint8, and whether each has colour.
 
     Raises:
         ValueError: naming the table, when it has no distortion column or no pristine row.
@@ -267,7 +267,7 @@ def _filter_valid(x: np.ndarray, g: np.ndarray) -> np.ndarray:
 
 
 def msssim_scales(height: int, width: int, filter_size: int = 11) -> int:
-    """How many of the 5 MS-SSIM scales fit: each must be at least ``filter_size``."""
+    """How many of the 5 MS-SSIM scales fit: each must be at least `filter_size`."""
     n, h, w = 0, height, width
     while n < len(MSSSIM_WEIGHTS) and min(h, w) >= filter_size:
         n += 1
@@ -284,10 +284,10 @@ def msssim_weights(height: int, width: int) -> tuple[float, ...]:
 
 
 def ms_ssim(x: np.ndarray, ref: np.ndarray, power_factors=None) -> np.ndarray:
-    """``tf.image.ssim_multiscale(x, ref, max_val=1.0, power_factors)`` in NumPy.
+    """`tf.image.ssim_multiscale(x, ref, max_val=1.0, power_factors)` in NumPy.
 
-    ``x``: ``(N, H, W, C)`` in [0, 1]; ``ref``: ``(H, W, C)`` (shared by the batch: its
-    local statistics are computed once) or ``(N, H, W, C)``. Returns ``(N,)`` float64.
+    `x`: `(N, H, W, C)` in [0, 1]; `ref`: `(H, W, C)` (shared by the batch: its
+    local statistics are computed once) or `(N, H, W, C)`. Returns `(N,)` float64.
     Computed in float32 like TensorFlow, in NCHW layout so every reduction is contiguous.
     """
     x = np.asarray(x, dtype=np.float32)
@@ -338,7 +338,7 @@ def msssim_to_mos(ms) -> np.ndarray:
 
 
 def pristine_path(path: str) -> str:
-    """The pristine crop a built-in image was made from: ``images/<source>_c<k>_pristine_0.png``."""
+    """The pristine crop a built-in image was made from: `images/<source>_c<k>_pristine_0.png`."""
     match = re.fullmatch(r"(.+_c\d+)_[a-z0-9]+_\d+\.png", str(path))  # distortion names have no "_"
     if match is None:
         raise ValueError(f"{path}: not a built-in image name (images/<source>_c<k>_<distortion>_<level>.png).")
@@ -370,7 +370,7 @@ def _rescale(img: np.ndarray, size: int) -> np.ndarray:
 
 
 def _best_crops(img: np.ndarray, size: int, count: int) -> list[tuple[int, int]]:
-    """Top-left corners of up to ``count`` (1 or 2) non-overlapping, most detailed crops.
+    """Top-left corners of up to `count` (1 or 2) non-overlapping, most detailed crops.
 
     Detail is the mean absolute luma gradient (the standard deviation would favour the edge
     of the black border around the retina). For two crops the best non-overlapping pair is
@@ -442,7 +442,7 @@ def _build_source(folder: Path, si: int, name: str, func: str, n_crops: int, *, 
 
 
 def _build_into(folder: Path, *, seed: int, size: int) -> dict:
-    """Generate every image and ``mos.csv`` into ``folder`` (a fresh temp folder)."""
+    """Generate every image and `mos.csv` into `folder` (a fresh temp folder)."""
     import skimage
 
     t0 = time.perf_counter()

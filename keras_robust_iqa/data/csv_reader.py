@@ -1,10 +1,10 @@
-"""Generic CSV datasets: ``path, mos[, split][, ref][, distortion]`` with a header.
+"""Generic CSV datasets: `path, mos[, split][, ref][, distortion]` with a header.
 
-Paths are relative to the CSV's folder. ``split`` (train/val/test, also
+Paths are relative to the CSV's folder. `split` (train/val/test, also
 training/validation/valid/testing) is optional: without it rows are split 70/10/20 from
-the seed by ``ref`` when that column exists (keep versions of one source together), else
-by image. The scale is ``mos_range=`` when given (scores outside it are errors), else the
-observed minimum and maximum. ``distortion`` (optional) names each row's distortion type,
+the seed by `ref` when that column exists (keep versions of one source together), else
+by image. The scale is `mos_range=` when given (scores outside it are errors), else the
+observed minimum and maximum. `distortion` (optional) names each row's distortion type,
 for per-distortion correlations.
 """
 
@@ -23,7 +23,7 @@ SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "
 
 
 def resolve_csv(path) -> Path:
-    """The CSV file itself, or ``mos.csv`` inside a folder."""
+    """The CSV file itself, or `mos.csv` inside a folder."""
     if path is None:
         raise ValueError("csv: data_dir is required (a CSV file or a folder holding mos.csv)")
     path = Path(path).expanduser().absolute()
@@ -36,7 +36,7 @@ def resolve_csv(path) -> Path:
 
 def read_csv(csv_path, *, on_error: str = "raise", seed: int = 0, min_size=None,
              check_images: bool = True, mos_range=None, name: str | None = None) -> IQATable:
-    """Read a generic ``path, mos[, split][, ref][, distortion]`` CSV (or a folder holding ``mos.csv``)."""
+    """Read a generic `path, mos[, split][, ref][, distortion]` CSV (or a folder holding `mos.csv`)."""
     check_on_error(on_error)
     if mos_range is not None:
         mos_range = (float(mos_range[0]), float(mos_range[1]))

@@ -8,9 +8,9 @@ from pathlib import Path
 class DataError(ValueError):
     """Bad dataset input: names the file, the row and (where it applies) the column.
 
-    ``row`` is 1-based and counted as in the file: for CSV and text files it is the line
-    number (the header is row 1, so the first data row is row 2), for MATLAB ``.mat``
-    arrays it is the 1-based index of the entry. ``row`` is ``None`` for problems with a
+    `row` is 1-based and counted as in the file: for CSV and text files it is the line
+    number (the header is row 1, so the first data row is row 2), for MATLAB `.mat`
+    arrays it is the 1-based index of the entry. `row` is `None` for problems with a
     whole file (missing file, missing column).
     """
 
@@ -35,7 +35,7 @@ def _rebuild(file, row, reason, column):
 
 
 class DataWarning(UserWarning):
-    """Rows were skipped under ``on_error="skip"`` (the count and the first reasons)."""
+    """Rows were skipped under `on_error="skip"` (the count and the first reasons)."""
 
 
 def missing_file_error(path: Path, what: str = "metadata file") -> DataError:

@@ -1,7 +1,7 @@
 """What an image file becomes: the rules every decoder of the package follows.
 
 The decoder (`data.decode_image`, `data.read_image`) is shared by training, evaluation and
-`robust-iqa score`. It gives ``(h, w, 3)`` float32 RGB in [0, 1]:
+`robust-iqa score`. It gives `(h, w, 3)` float32 RGB in [0, 1]:
 
 - JPEG (and MPO), PNG and GIF are decoded by tf.io: JPEGs with libjpeg's accurate integer
   IDCT (the pixels Pillow gives), 16-bit PNGs at full precision (65535 -> 1.0), GIFs'
@@ -15,7 +15,7 @@ The decoder (`data.decode_image`, `data.read_image`) is shared by training, eval
 - EXIF orientation (tag 274) is applied, so the image is upright as viewers show it;
   `image_size` gives the size after it.
 - Alpha is dropped, not composited: a transparent pixel keeps its stored colour (as
-  Pillow's ``convert("RGB")``). Grayscale is repeated to 3 channels, palettes expanded,
+  Pillow's `convert("RGB")`). Grayscale is repeated to 3 channels, palettes expanded,
   CMYK converted by Pillow.
 - Animations (GIF, WebP, multi-page TIFF): the first frame.
 
@@ -70,7 +70,7 @@ def orientation_of_bytes(contents: bytes) -> np.int32:
 
 
 def image_size(im: Image.Image) -> tuple[int, int]:
-    """``(height, width)`` of an opened image after its EXIF orientation, from the header."""
+    """`(height, width)` of an opened image after its EXIF orientation, from the header."""
     w, h = im.size
     return (w, h) if exif_orientation(im) >= 5 else (h, w)
 
@@ -81,7 +81,7 @@ def decoded_by_tf(contents: bytes) -> bool:
 
 
 def pillow_decode(contents: bytes) -> np.ndarray:
-    """Encoded bytes of a format tf.io does not read -> ``(h, w, 3)`` float32 in [0, 1].
+    """Encoded bytes of a format tf.io does not read -> `(h, w, 3)` float32 in [0, 1].
 
     Raises ValueError with Pillow's reason when the bytes cannot be decoded.
     """

@@ -1,10 +1,10 @@
 """KADID-10k (Lin, Hosu & Saupe, QoMEX 2019): 81 references x 25 distortions x 5 levels.
 
-Official files: ``dmos.csv`` with columns ``dist_img, ref_img, dmos, var`` and all images
-(distorted and references) in ``images/``. Despite its name ``dmos`` is higher-is-better,
+Official files: `dmos.csv` with columns `dist_img, ref_img, dmos, var` and all images
+(distorted and references) in `images/`. Despite its name `dmos` is higher-is-better,
 on 1..5. There is no official split: references are split 70/10/20 from the seed, so no
 reference (and none of its 125 distorted versions) appears in two splits. The distortion
-type comes from the image name (``I01_05_03.png``: reference 01, distortion 05, level 3).
+type comes from the image name (`I01_05_03.png`: reference 01, distortion 05, level 3).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ DISTORTIONS = (
 
 
 def distortion_of(name: str | None) -> str:
-    """The distortion type named by a KADID-10k image name, ``""`` when it names none."""
+    """The distortion type named by a KADID-10k image name, `""` when it names none."""
     m = NAME_RE.match(name or "")
     number = int(m.group(1)) if m else 0
     return DISTORTIONS[number - 1] if 1 <= number <= len(DISTORTIONS) else ""
@@ -38,7 +38,7 @@ def distortion_of(name: str | None) -> str:
 
 def read_kadid10k(data_dir, *, on_error: str = "raise", seed: int = 0, min_size=None,
                   check_images: bool = True) -> IQATable:
-    """Read KADID-10k from ``data_dir``, split by reference image."""
+    """Read KADID-10k from `data_dir`, split by reference image."""
     check_on_error(on_error)
     root = require_dir(data_dir, "kadid10k")
     meta = root / METADATA

@@ -1,9 +1,9 @@
 """KonIQ-10k (Hosu et al., IEEE TIP 2020): 10,073 in-the-wild photos, MOS on 1..5.
 
-Official files: ``koniq10k_distributions_sets.csv`` with columns
-``image_name, c1..c5, c_total, MOS, SD, set`` (``set``: training / validation / test,
-7058 / 1000 / 2015 images) and the images in ``1024x768/`` (or the ``512x384/`` version).
-The split is the official one, so ``seed`` is unused.
+Official files: `koniq10k_distributions_sets.csv` with columns
+`image_name, c1..c5, c_total, MOS, SD, set` (`set`: training / validation / test,
+7058 / 1000 / 2015 images) and the images in `1024x768/` (or the `512x384/` version).
+The split is the official one, so `seed` is unused.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ SET_TO_SPLIT = {"training": "train", "validation": "val", "test": "test"}
 
 def read_koniq10k(data_dir, *, on_error: str = "raise", seed: int = 0, min_size=None,
                   check_images: bool = True, resolution: str = "1024x768") -> IQATable:
-    """Read KonIQ-10k from ``data_dir`` with its official split."""
+    """Read KonIQ-10k from `data_dir` with its official split."""
     del seed  # the official split is used
     check_on_error(on_error)
     if resolution not in RESOLUTIONS:

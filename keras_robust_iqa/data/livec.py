@@ -1,10 +1,10 @@
 """LIVE In the Wild Image Quality Challenge (Ghadiyaram & Bovik, IEEE TIP 2016).
 
-Official files: ``Data/AllImages_release.mat`` (variable ``AllImages_release``, an N x 1
-MATLAB cell array of file names), ``Data/AllMOS_release.mat`` (``AllMOS_release``, 1 x N
-double, MOS on 0..100) and the images in ``Images/``. The first 7 entries are the training
-images shown to raters, stored in ``Images/trainingImages/``; they are usually dropped
-(``drop_training_images=True``). No official split: images are split 70/10/20 from the seed.
+Official files: `Data/AllImages_release.mat` (variable `AllImages_release`, an N x 1
+MATLAB cell array of file names), `Data/AllMOS_release.mat` (`AllMOS_release`, 1 x N
+double, MOS on 0..100) and the images in `Images/`. The first 7 entries are the training
+images shown to raters, stored in `Images/trainingImages/`; they are usually dropped
+(`drop_training_images=True`). No official split: images are split 70/10/20 from the seed.
 Row numbers in errors are the 1-based entry index in the .mat arrays.
 """
 
@@ -63,7 +63,7 @@ def _cell_to_names(arr: np.ndarray) -> list:
 
 def read_livec(data_dir, *, on_error: str = "raise", seed: int = 0, min_size=None,
                check_images: bool = True, drop_training_images: bool = True) -> IQATable:
-    """Read LIVE In the Wild Challenge from ``data_dir`` (seeded 70/10/20 image split)."""
+    """Read LIVE In the Wild Challenge from `data_dir` (seeded 70/10/20 image split)."""
     check_on_error(on_error)
     root = require_dir(data_dir, "livec")
     names_file, mos_file = root / NAMES_FILE, root / MOS_FILE

@@ -1,15 +1,15 @@
-"""tf.data pipelines over an :class:`IQATable`, and the package's image decoder.
+"""tf.data pipelines over an `IQATable`, and the package's image decoder.
 
-Images are decoded by :func:`decode_image` to RGB float32 in [0, 1], as ``data.images``
+Images are decoded by `decode_image` to RGB float32 in [0, 1], as `data.images`
 describes: JPEG, PNG and GIF by tf.io (JPEGs with the accurate IDCT), every other format
 Pillow reads (WebP, TIFF, BMP...) by Pillow; 16-bit images keep their precision (65535 ->
 1.0), EXIF orientation is applied, alpha is dropped (not composited, as Pillow's
-``convert("RGB")``), grayscale is repeated to 3 channels, palette images are expanded.
-Readers with ``check_images=True`` have already refused files that cannot be decoded.
+`convert("RGB")`), grayscale is repeated to 3 channels, palette images are expanded.
+Readers with `check_images=True` have already refused files that cannot be decoded.
 
-Eval batches of full images need one image size per batch: with ``crop_size=None`` and
-``batch_size > 1`` a split whose images differ in size raises a ValueError (pass
-``crop_size=`` or ``batch_size=1``) rather than failing inside TensorFlow.
+Eval batches of full images need one image size per batch: with `crop_size=None` and
+`batch_size > 1` a split whose images differ in size raises a ValueError (pass
+`crop_size=` or `batch_size=1`) rather than failing inside TensorFlow.
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from .table import IQATable
 
 
 def decode_image(contents: tf.Tensor) -> tf.Tensor:
-    """Encoded image bytes -> ``(h, w, 3)`` float32 in [0, 1], upright (see ``data.images``).
+    """Encoded image bytes -> `(h, w, 3)` float32 in [0, 1], upright (see `data.images`).
 
-    JPEGs use libjpeg's accurate integer IDCT: ``tf.io.decode_image`` uses the fast one,
+    JPEGs use libjpeg's accurate integer IDCT: `tf.io.decode_image` uses the fast one,
     which is off by up to ~14/255 on high-quality photos (quality 95) and would add its own
     artefacts to a quality dataset. With it, pixels equal Pillow's decode exactly. Formats
     tf.io does not read correctly (WebP, TIFF, BMP...) go through Pillow
-    (``images.pillow_decode``), which also applies their EXIF orientation.
+    (`images.pillow_decode`), which also applies their EXIF orientation.
     """
     by_tf = tf.reduce_any([tf.equal(tf.strings.substr(contents, 0, len(magic)), magic)
                            for magic in (JPEG_MAGIC, PNG_MAGIC, GIF_MAGIC)])
@@ -55,7 +55,7 @@ def decode_image(contents: tf.Tensor) -> tf.Tensor:
 
 
 def _orient(img, contents):
-    """``img`` turned upright by the EXIF orientation of ``contents`` (Pillow's exif_transpose)."""
+    """`img` turned upright by the EXIF orientation of `contents` (Pillow's exif_transpose)."""
     orientation = tf.numpy_function(orientation_of_bytes, [contents], tf.int32, stateful=False)
     transposed = tf.transpose(img, [1, 0, 2])
     branches = [
@@ -101,7 +101,7 @@ def _header_size(path: str) -> tuple[int, int]:
 
 
 def image_sizes(table: IQATable) -> np.ndarray:
-    """``(N, 2)`` image (height, width): from the table when known, else image headers."""
+    """`(N, 2)` image (height, width): from the table when known, else image headers."""
     if table.sizes is not None:
         return np.asarray(table.sizes)
     with ThreadPoolExecutor(min(16, 2 * (os.cpu_count() or 1))) as ex:
@@ -123,30 +123,30 @@ def make_dataset(table: IQATable, split: str | None, *, patch_size=64, batch_siz
                  training: bool, patches_per_image: int = 1, crop_size=None, seed: int = 0,
                  augment: str | None = None, shuffle: bool | None = None,
                  cache: bool | str = True, fresh_distortions: bool = False) -> tf.data.Dataset:
-    """Batches of ``(images (B, h, w, 3) float32 in [0, 1], mos01 (B,) float32)``.
+    """Batches of `(images (B, h, w, 3) float32 in [0, 1], mos01 (B,) float32)`.
 
     Args:
-        table: the dataset; ``split`` picks ``"train"``/``"val"``/``"test"`` rows (``None``:
-            all rows). MOS is mapped to [0, 1] by ``table.normalize``; map predictions back
-            with ``table.denormalize``.
-        training: ``True``: ``patches_per_image`` random ``patch_size`` crops per image and
-            epoch, shuffled; each epoch differs but the sequence is fixed by ``seed`` (and
-            TensorFlow's global seed, if one is set). ``False``: deterministic; a centre
-            crop of ``crop_size`` when given, else the full image.
-        augment: training patches only. ``"flip"``: a random horizontal flip;
-            ``"dihedral"``: one of the 8 symmetries of the square (flips, and transposes
+        table: the dataset; `split` picks `"train"`/`"val"`/`"test"` rows (`None`:
+            all rows). MOS is mapped to [0, 1] by `table.normalize`; map predictions back
+            with `table.denormalize`.
+        training: `True`: `patches_per_image` random `patch_size` crops per image and
+            epoch, shuffled; each epoch differs but the sequence is fixed by `seed` (and
+            TensorFlow's global seed, if one is set). `False`: deterministic; a centre
+            crop of `crop_size` when given, else the full image.
+        augment: training patches only. `"flip"`: a random horizontal flip;
+            `"dihedral"`: one of the 8 symmetries of the square (flips, and transposes
             when the patch is square), for distortions that have no orientation (synthetic
             sets, the built-in one: its MS-SSIM labels do not change under them).
-            ``None``: as cropped.
-        shuffle: defaults to ``training``. Eval data can be shuffled (seeded) too.
-        cache: ``True`` keeps the encoded files in memory after the first epoch (decoding
+            `None`: as cropped.
+        shuffle: defaults to `training`. Eval data can be shuffled (seeded) too.
+        cache: `True` keeps the encoded files in memory after the first epoch (decoding
             still runs per epoch: decoded KonIQ would not fit in memory); a string is a
-            file prefix for an on-disk cache; ``False`` re-reads the files every epoch.
+            file prefix for an on-disk cache; `False` re-reads the files every epoch.
         fresh_distortions: training on the built-in dataset only. Instead of its stored
             images, each epoch draws as many new ones from the split's pristine crops: a
             distortion and a continuous level per image, labelled by its MS-SSIM like the
-            stored set (``builtin.draw_distortion``), so no image is seen twice. The draws
-            are fixed by ``seed`` and differ each epoch. Validation and test keep the
+            stored set (`builtin.draw_distortion`), so no image is seen twice. The draws
+            are fixed by `seed` and differ each epoch. Validation and test keep the
             stored images.
     """
     if split is not None:
@@ -257,7 +257,7 @@ AUGMENTATIONS = (None, "flip", "dihedral")
 
 
 def _fresh_distortions(table: IQATable, seed: int) -> tf.data.Dataset:
-    """An endless dataset of ``(image, mos01)`` drawn by ``builtin.draw_distortion``.
+    """An endless dataset of `(image, mos01)` drawn by `builtin.draw_distortion`.
 
     Each element gets its own seed from a seeded stream that differs each epoch, so the
     draws do not depend on thread timing; the NumPy / SciPy / Pillow work runs in parallel
@@ -283,7 +283,7 @@ def _fresh_distortions(table: IQATable, seed: int) -> tf.data.Dataset:
 
 
 def _augment(patches, augment, seed):
-    """Flip (and, for ``"dihedral"``, transpose) each of the ``(k, h, w, 3)`` patches at random."""
+    """Flip (and, for `"dihedral"`, transpose) each of the `(k, h, w, 3)` patches at random."""
     coins = tf.random.stateless_uniform([tf.shape(patches)[0], 3], seed, maxval=2, dtype=tf.int32)
     flip = tf.cast(coins[:, :1, None, None], tf.bool)
     patches = tf.where(flip, tf.reverse(patches, axis=[2]), patches)
@@ -297,7 +297,7 @@ def _augment(patches, augment, seed):
 
 
 def iter_images(table: IQATable, indices=None):
-    """Yield the images of :func:`load_images` one at a time.
+    """Yield the images of `load_images` one at a time.
 
     A whole split at full size can be large (KonIQ's 2015 test images are ~19 GB as
     float32), so evaluation code that scores images one by one should iterate instead.
@@ -308,10 +308,11 @@ def iter_images(table: IQATable, indices=None):
 
 
 def read_image(path, where: str | None = None) -> np.ndarray:
-    """One image file -> ``(h, w, 3)`` float32 RGB in [0, 1], decoded as :func:`make_dataset` does.
+    """One image file -> `(h, w, 3)` float32 RGB in [0, 1], decoded as `make_dataset` does.
 
-    Raises :class:`DataError` naming the file when it is missing, unreadable or cannot be
-    decoded (``where``, e.g. ``"table row 3"``, is added to the reason).
+    Raises:
+        DataError: naming the file when it is missing, unreadable or cannot be decoded
+            (`where`, e.g. `"table row 3"`, is added to the reason).
     """
     path = str(path)
     note = f" ({where})" if where else ""
@@ -342,9 +343,9 @@ def _op_reason(error) -> str:
 
 
 def load_images(table: IQATable, indices=None) -> list[np.ndarray]:
-    """Decode images of ``table`` (all, or the rows in ``indices``) as float32 RGB in [0, 1].
+    """Decode images of `table` (all, or the rows in `indices`) as float32 RGB in [0, 1].
 
-    Uses the same decoder as :func:`make_dataset`, so evaluation code sees identical pixels.
-    See :func:`iter_images` to avoid holding a large split in memory.
+    Uses the same decoder as `make_dataset`, so evaluation code sees identical pixels.
+    See `iter_images` to avoid holding a large split in memory.
     """
     return list(iter_images(table, indices))

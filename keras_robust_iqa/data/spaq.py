@@ -1,9 +1,9 @@
 """SPAQ (Fang et al., CVPR 2020): 11,125 smartphone photos, MOS on 0..100.
 
-The official scores come as an xlsx (``MOS and Image attribute scores.xlsx``) with columns
-``Image name, MOS, Brightness, Colorfulness, Contrast, Noisiness, Sharpness``; this reader
-takes its CSV export (``metadata=`` names the file, default ``mos.csv``, else the only CSV
-in the folder). Other columns are ignored. Images in ``TestImage/``. No official split:
+The official scores come as an xlsx (`MOS and Image attribute scores.xlsx`) with columns
+`Image name, MOS, Brightness, Colorfulness, Contrast, Noisiness, Sharpness`; this reader
+takes its CSV export (`metadata=` names the file, default `mos.csv`, else the only CSV
+in the folder). Other columns are ignored. Images in `TestImage/`. No official split:
 images are split 70/10/20 from the seed.
 """
 
@@ -36,7 +36,7 @@ def _find_metadata(root, metadata):
 
 def read_spaq(data_dir, *, on_error: str = "raise", seed: int = 0, min_size=None,
               check_images: bool = True, metadata: str | None = None) -> IQATable:
-    """Read SPAQ from ``data_dir`` (a CSV export of the official xlsx + ``TestImage/``)."""
+    """Read SPAQ from `data_dir` (a CSV export of the official xlsx + `TestImage/`)."""
     check_on_error(on_error)
     root = require_dir(data_dir, "spaq")
     meta = _find_metadata(root, metadata)

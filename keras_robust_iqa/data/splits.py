@@ -15,13 +15,13 @@ def _round_half_up(x: float) -> int:
 
 def split_groups(groups: Iterable[str], seed: int = 0, fractions=DEFAULT_FRACTIONS,
                  *, min_val: int = 1, min_test: int = 1) -> dict[str, str]:
-    """Assign every distinct group to ``"train"``, ``"val"`` or ``"test"``.
+    """Assign every distinct group to `"train"`, `"val"` or `"test"`.
 
     The groups are sorted before a seeded permutation, so the result depends only on the
     set of groups and the seed (not on row order or duplicates). Counts are
-    ``round(fraction * n)`` for val and test, at least ``min_val`` / ``min_test`` when there
+    `round(fraction * n)` for val and test, at least `min_val` / `min_test` when there
     are enough groups to keep one for training, and the rest go to train. With fewer than
-    ``min_val + min_test + 1`` groups the rounded counts stand (two groups: both train).
+    `min_val + min_test + 1` groups the rounded counts stand (two groups: both train).
     """
     uniq = sorted(set(groups))
     n = len(uniq)

@@ -21,20 +21,20 @@ class IQATable:
     """An IQA dataset as parallel columns, one row per (distorted) image.
 
     Attributes:
-        name: dataset name (``"koniq10k"``, ``"builtin"``, the CSV's stem, ...).
-        root: the data folder; ``paths`` are relative to it.
-        paths: image paths relative to ``root`` (POSIX separators).
+        name: dataset name (`"koniq10k"`, `"builtin"`, the CSV's stem, ...).
+        root: the data folder; `paths` are relative to it.
+        paths: image paths relative to `root` (POSIX separators).
         mos: float64 scores on the dataset's own scale (higher is better).
-        splits: ``"train"``, ``"val"`` or ``"test"`` per row.
+        splits: `"train"`, `"val"` or `"test"` per row.
         refs: reference/source id per row (the split unit), or the path itself when the
             dataset has no references.
-        mos_range: ``(lo, hi)`` of the dataset's scale; ``normalize`` maps it to [0, 1].
-        skipped: ``(file, row, reason)`` for each row dropped under ``on_error="skip"``.
-        sizes: optional ``(N, 2)`` int array of image ``(height, width)`` when the reader
+        mos_range: `(lo, hi)` of the dataset's scale; `normalize` maps it to [0, 1].
+        skipped: `(file, row, reason)` for each row dropped under `on_error="skip"`.
+        sizes: optional `(N, 2)` int array of image `(height, width)` when the reader
             opened the images; the pipeline uses it to avoid re-reading headers.
-        distortions: optional distortion type per row (``"jpeg"``, ``"gaussian blur"``,
+        distortions: optional distortion type per row (`"jpeg"`, `"gaussian blur"`,
             ...) for the synthetic datasets that record one (KADID-10k, TID2013, the
-            built-in set, a CSV with a ``distortion`` column), ``None`` for the authentic ones;
+            built-in set, a CSV with a `distortion` column), `None` for the authentic ones;
             per-distortion correlations are computed from it.
     """
 
@@ -96,18 +96,18 @@ class IQATable:
         )
 
     def subset(self, split: str) -> "IQATable":
-        """The rows of one split, in table order (``skipped`` is kept for reference)."""
+        """The rows of one split, in table order (`skipped` is kept for reference)."""
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         return self._select(self.splits == split)
 
     def normalize(self, mos) -> np.ndarray:
-        """Map scores on the dataset's scale to [0, 1] (linear in ``mos_range``)."""
+        """Map scores on the dataset's scale to [0, 1] (linear in `mos_range`)."""
         lo, hi = self.mos_range
         return (np.asarray(mos, dtype=np.float64) - lo) / (hi - lo)
 
     def denormalize(self, x01) -> np.ndarray:
-        """Inverse of :meth:`normalize`: [0, 1] back to the dataset's scale."""
+        """Inverse of `normalize`: [0, 1] back to the dataset's scale."""
         lo, hi = self.mos_range
         return np.asarray(x01, dtype=np.float64) * (hi - lo) + lo
 

@@ -1,9 +1,9 @@
 """TID2013 (Ponomarenko et al., Signal Processing: Image Communication 2015).
 
-Official files: ``mos_with_names.txt``, one ``MOS name`` pair a line (MOS on 0..9, higher
-is better), the 3000 distorted images in ``distorted_images/`` (``i01_01_1.bmp``: reference
-01, distortion 01, level 1). The reference id is the ``i01`` prefix, case-insensitive (the
-archive mixes ``i`` and ``I``), the distortion type the middle number. Split 70/10/20 by
+Official files: `mos_with_names.txt`, one `MOS name` pair a line (MOS on 0..9, higher
+is better), the 3000 distorted images in `distorted_images/` (`i01_01_1.bmp`: reference
+01, distortion 01, level 1). The reference id is the `i01` prefix, case-insensitive (the
+archive mixes `i` and `I`), the distortion type the middle number. Split 70/10/20 by
 reference from the seed.
 """
 
@@ -42,7 +42,7 @@ def _case_insensitive_lookup(folder):
 
 def read_tid2013(data_dir, *, on_error: str = "raise", seed: int = 0, min_size=None,
                  check_images: bool = True) -> IQATable:
-    """Read TID2013 from ``data_dir``, split by reference image."""
+    """Read TID2013 from `data_dir`, split by reference image."""
     check_on_error(on_error)
     root = require_dir(data_dir, "tid2013")
     meta = root / METADATA

@@ -1,10 +1,10 @@
 """Validation shared by every reader: paths, MOS values, duplicates and image files.
 
-Each reader turns its metadata into :class:`RawRow` objects (keeping the row number as in
-the file) and hands them to :func:`finalize`, which checks them all the same way. A bad
-row either raises :class:`DataError` naming the file and row (``on_error="raise"``) or is
-recorded in ``IQATable.skipped`` and counted in one :class:`DataWarning`
-(``on_error="skip"``). Nothing is dropped silently.
+Each reader turns its metadata into `RawRow` objects (keeping the row number as in
+the file) and hands them to `finalize`, which checks them all the same way. A bad
+row either raises `DataError` naming the file and row (`on_error="raise"`) or is
+recorded in `IQATable.skipped` and counted in one `DataWarning`
+(`on_error="skip"`). Nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ class RowProblem(Exception):
 class RawRow:
     """One metadata row before validation.
 
-    ``row`` is 1-based as in ``file``; ``mos_file`` names the file holding the score when it
+    `row` is 1-based as in `file`; `mos_file` names the file holding the score when it
     differs from the one holding the path (LIVE Challenge keeps them in two .mat files).
-    ``problem`` is set by a reader for a format-specific fault (unknown set value, malformed
-    line); it is reported with the others, in row order. ``distortion`` is the row's
+    `problem` is set by a reader for a format-specific fault (unknown set value, malformed
+    line); it is reported with the others, in row order. `distortion` is the row's
     distortion type, for datasets that record one.
     """
 
@@ -57,7 +57,7 @@ class RawRow:
 
 
 class Reporter:
-    """Raises or records row problems according to ``on_error``."""
+    """Raises or records row problems according to `on_error`."""
 
     def __init__(self, on_error: str):
         check_on_error(on_error)
@@ -104,7 +104,7 @@ def read_text(file: Path) -> str:
 
 
 def read_csv_rows(file: Path, required, optional=()):
-    """Rows of a CSV file with a header as ``(row_number, {column: value or None})``.
+    """Rows of a CSV file with a header as `(row_number, {column: value or None})`.
 
     Columns are matched exactly, then ignoring case and surrounding spaces (spreadsheet
     exports vary). The delimiter (comma, semicolon or tab) is detected from the header.
@@ -150,7 +150,7 @@ def read_csv_rows(file: Path, required, optional=()):
 
 
 def parse_mos(value, mos_range=None) -> float:
-    """A finite float inside ``mos_range`` (when given), else RowProblem."""
+    """A finite float inside `mos_range` (when given), else RowProblem."""
     if value is None or (isinstance(value, str) and not value.strip()):
         raise RowProblem("missing MOS")
     if isinstance(value, str):
@@ -176,9 +176,9 @@ def parse_mos(value, mos_range=None) -> float:
 
 
 def safe_relpath(root: Path, image_dir: str, name, base_real: Path) -> str:
-    """``image_dir/name`` relative to ``root``, refusing anything that leaves the image folder.
+    """`image_dir/name` relative to `root`, refusing anything that leaves the image folder.
 
-    Refused: absolute paths, ``..`` that climbs out, and symlinks whose target lies outside
+    Refused: absolute paths, `..` that climbs out, and symlinks whose target lies outside
     the (resolved) image folder. A symlinked image folder itself is fine: containment is
     checked against its resolved location.
     """
@@ -209,7 +209,7 @@ def _tf_check_jpeg(path: Path) -> None:
 
     Pillow's libjpeg source inserts a fake end marker when corrupt data makes the decoder
     run past the end of the stream; tf.io's source raises "Input file read error" instead.
-    So a few corrupt JPEGs pass Pillow but would crash training inside TensorFlow. ``ratio=8``
+    So a few corrupt JPEGs pass Pillow but would crash training inside TensorFlow. `ratio=8`
     still reads the whole entropy-coded stream (the failing part) at a fraction of the cost.
     """
     import tensorflow as tf  # only when JPEGs are checked: reading metadata does not need it
@@ -225,13 +225,13 @@ def _tf_check_jpeg(path: Path) -> None:
 def check_image(path: Path, min_hw, decode: bool):
     """(height, width) of the image, upright; RowProblem if missing, corrupt or too small.
 
-    ``decode=True`` decodes the file as the pipeline will (``data.images``): formats tf.io
+    `decode=True` decodes the file as the pipeline will (`data.images`): formats tf.io
     reads are decoded whole by Pillow (the same pixels), every other format by the
-    pipeline's own Pillow decoder. For JPEG, ``draft`` lets libjpeg scale in the DCT
+    pipeline's own Pillow decoder. For JPEG, `draft` lets libjpeg scale in the DCT
     domain: the full entropy-coded stream (where truncation and corruption show up) is
     still decoded, only the full-size inverse DCT is skipped (~3x faster); JPEGs are then
-    also decoded by tf.io (see :func:`_tf_check_jpeg`).
-    Returns None when nothing had to be opened (``decode=False`` and no ``min_hw``).
+    also decoded by tf.io (see `_tf_check_jpeg`).
+    Returns None when nothing had to be opened (`decode=False` and no `min_hw`).
     """
     try:
         if not decode and min_hw is None:
@@ -275,7 +275,7 @@ def check_image(path: Path, min_hw, decode: bool):
 
 
 def normalize_min_size(min_size):
-    """``None``, an int (both sides) or ``(height, width)`` -> ``None`` or ``(h, w)``."""
+    """`None`, an int (both sides) or `(height, width)` -> `None` or `(h, w)`."""
     if min_size is None:
         return None
     if isinstance(min_size, (int, np.integer)):
@@ -300,13 +300,13 @@ def _workers() -> int:
 def finalize(name: str, root: Path, rows: list[RawRow], *, on_error: str = "raise",
              image_dir: str = "", mos_range=None, min_size=None, check_images: bool = True,
              meta_file: Path | None = None) -> IQATable:
-    """Validate ``rows`` and build the table.
+    """Validate `rows` and build the table.
 
     Problems are reported in row order within each phase: first the metadata of every row
     (reader faults, path, MOS, split, duplicates), then the image files.
 
-    ``mos_range=None`` means the scale is not fixed (generic CSV): it is then taken from the
-    observed scores and no range check is made. ``meta_file`` names the file in whole-table
+    `mos_range=None` means the scale is not fixed (generic CSV): it is then taken from the
+    observed scores and no range check is made. `meta_file` names the file in whole-table
     errors (e.g. every row skipped).
     """
     reporter = Reporter(on_error)

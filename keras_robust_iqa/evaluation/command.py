@@ -7,7 +7,7 @@ DEFAULT_EPS = "2/255,4/255,8/255"
 
 def add_parser(subparsers):
     from keras_robust_iqa.evaluation.frontier import DEFAULT_ATTACK as DEFAULT_FRONTIER_ATTACK
-    from keras_robust_iqa.training.command import fraction
+    from keras_robust_iqa.training.options import fraction
 
     p = subparsers.add_parser(
         "evaluate",

@@ -11,7 +11,7 @@ def add_parser(subparsers):
     from keras_robust_iqa.data.images import IMAGE_SUFFIXES
     from keras_robust_iqa.evaluation.scoring import FORMATS
     from keras_robust_iqa.models.presets import DEFAULT_PRESET
-    from keras_robust_iqa.training.command import fraction
+    from keras_robust_iqa.training.options import fraction
 
     p = subparsers.add_parser(
         "score",

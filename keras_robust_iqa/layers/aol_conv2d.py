@@ -4,7 +4,13 @@ import tensorflow as tf
 
 from keras_robust_iqa.layers import contract
 from keras_robust_iqa.layers.ortho_conv2d import start_from_free_kernel
-from keras_robust_iqa.layers.validation import check_positive_int, float32_dtype_policy, input_channels, normalize_pair
+from keras_robust_iqa.layers.validation import (
+    check_positive_int,
+    float32_dtype_policy,
+    input_channels,
+    normalize_pair,
+    strided_output_shape,
+)
 
 
 def input_gram(kernel):
@@ -90,9 +96,7 @@ class AOLConv2D(contract.LayerContract, keras.layers.Layer):
         return tf.cast(y, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
-        b, h, w, _ = input_shape
-        s = self.strides[0]
-        return (b, None if h is None else -(-h // s), None if w is None else -(-w // s), self.filters)
+        return strided_output_shape(input_shape, self.filters, self.strides[0], self.padding)
 
     # The layer contract -----------------------------------------------------------
 

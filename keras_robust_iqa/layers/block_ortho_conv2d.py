@@ -9,6 +9,7 @@ from keras_robust_iqa.layers.validation import (
     float32_dtype_policy,
     input_channels,
     orthogonal_conv_arguments,
+    strided_output_shape,
 )
 from keras_robust_iqa.layers.weight_cache import DerivedWeightCache
 
@@ -314,15 +315,7 @@ class BlockOrthoConv2D(contract.LayerContract, keras.layers.Layer):
         return tf.cast(y, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
-        b, h, w, _ = input_shape
-        s = self.strides[0]
-
-        def out(n):
-            if n is None:
-                return None
-            return n // s if self.padding == "circular" else -(-n // s)
-
-        return (b, out(h), out(w), self.filters)
+        return strided_output_shape(input_shape, self.filters, self.strides[0], self.padding)
 
     def get_config(self):
         config = super().get_config()

@@ -9,7 +9,9 @@ and answers, for itself:
   pruning criterion reads them);
 - `channel_role()`, `tied_channels()`, `channel_scale()` and `slice_channels(...)`: how its
   channels flow and are sliced when pruned (`pruning.graph`, `pruning.surgery`);
-- `lowered()`: the layer (or small model) of plain ops it exports as (`deployment.lowering`).
+- `lowered()`: the layer (or small model) of plain ops it exports as (`deployment.lowering`);
+- `bound_by_weights`: whether its weights set its constant uncapped, so that pruning holds
+  them fixed (`pruning.pipeline`).
 
 Keras's own layers get the same answers from one table of rules, `keras_rules`, which is also
 where `robustify` reads what each of them becomes. A custom layer opts in by subclassing
@@ -61,6 +63,10 @@ class LayerContract:
     # The layer may end a resolution stage (where `robustify(mode="insert")` puts a block);
     # False for inputs, paddings, reshapes and poolings, which only adapt a map.
     ends_stage = True
+    # Its weights set its Lipschitz constant with no cap from its construction (an output
+    # gain, a merge's mixing weights): pruning holds them fixed while it masks channels, so
+    # the pruned model's certified bound is never above the source's.
+    bound_by_weights = False
 
     def lipschitz_constant(self, input_shape=None):
         """Certified L2 Lipschitz constant at inference (float), or None: no bound by construction.

@@ -17,6 +17,8 @@ class ConvexCombination(contract.LayerContract, keras.layers.Layer):
     element-wise merge for pruning (channel `c` of every input is one channel).
     """
 
+    bound_by_weights = True
+
     def build(self, input_shape):
         if not isinstance(input_shape, (list, tuple)) or len(input_shape) < 2 or not isinstance(
             input_shape[0], (list, tuple)

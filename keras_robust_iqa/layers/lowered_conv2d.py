@@ -5,6 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_robust_iqa.layers.contract import LayerContract
+from keras_robust_iqa.layers.validation import float32_dtype_policy
 
 
 @keras.saving.register_keras_serializable(package="keras_robust_iqa")
@@ -31,6 +32,9 @@ class LoweredOrthoConv2D(LayerContract, keras.layers.Layer):
     """
 
     def __init__(self, filters, fft_size, strides=1, use_bias=True, **kwargs):
+        # float32 under a mixed-precision policy, as the OrthoConv2D it stands for (the call
+        # computes in float32: float16 variables would not multiply with it).
+        kwargs["dtype"] = float32_dtype_policy(kwargs.get("dtype"))
         super().__init__(**kwargs)
         self.filters = int(filters)
         self.fft_size = tuple(int(n) for n in fft_size)

@@ -8,6 +8,7 @@ from keras_robust_iqa.layers.validation import (
     check_rank4,
     float32_dtype_policy,
     orthogonal_conv_arguments,
+    strided_output_shape,
 )
 from keras_robust_iqa.layers.weight_cache import DerivedWeightCache
 
@@ -168,9 +169,8 @@ class OrthoConv2D(contract.LayerContract, keras.layers.Layer):
         return tf.cast(y, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
-        b, h, w, _ = input_shape
-        s = self.strides[0]
-        return (b, None if h is None else h // s, None if w is None else w // s, self.filters)
+        # The stride divides the input size (checked in build): "same" and "circular" agree.
+        return strided_output_shape(input_shape, self.filters, self.strides[0], self.padding)
 
     # The layer contract -----------------------------------------------------------
 

@@ -18,6 +18,8 @@ class OutputScale(contract.LayerContract, keras.layers.Layer):
         offset: initial offset.
     """
 
+    bound_by_weights = True
+
     def __init__(self, scale=1.0, offset=0.0, **kwargs):
         super().__init__(**kwargs)
         self.initial_scale = float(scale)

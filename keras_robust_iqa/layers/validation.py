@@ -42,6 +42,22 @@ def orthogonal_conv_arguments(filters, kernel_size, strides, padding):
     return filters, pair, stride_pair, padding
 
 
+def strided_output_shape(input_shape, filters, stride, padding="same"):
+    """`(batch, height, width, filters)` of a stride-`stride` convolution of a rank-4 input.
+
+    `"same"` rounds the sizes up, as `keras.layers.Conv2D`; `"circular"` rounds them down
+    (space-to-depth). Unknown sizes stay None.
+    """
+    b, h, w, _ = input_shape
+
+    def size(n):
+        if n is None:
+            return None
+        return n // stride if padding == "circular" else -(-n // stride)
+
+    return (b, size(h), size(w), filters)
+
+
 def check_rank4(layer, input_shape):
     if len(input_shape) != 4:
         raise ValueError(

@@ -14,9 +14,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_robust_iqa import layers as robust_layers
 from keras_robust_iqa import models as iqa_models
 from keras_robust_iqa import run_folder
+from keras_robust_iqa.layers.keras_rules import contract_of
 from keras_robust_iqa.pruning.callback import ChannelPruning
 from keras_robust_iqa.pruning.cost import count_flops, inference_latency, leaf_layers
 from keras_robust_iqa.pruning.graph import ChannelGraph
@@ -31,7 +31,6 @@ from keras_robust_iqa.training.trainer import (
 )
 
 STAGES = ("before", "after_pruning", "after_finetune")
-BOUND_WEIGHTS = (robust_layers.OutputScale, robust_layers.ConvexCombination)
 
 
 # The TrainConfig options that only build a model, at their defaults.
@@ -124,10 +123,10 @@ def prune_run(run, out, *, fraction=None, tau=None, prune_epochs=1, finetune_epo
         steps = prune_epochs * int(tf.data.experimental.cardinality(train_ds))
         schedule = gradual_schedule(max(steps, 1), fraction=fraction, tau=tau)
         pruning = ChannelPruning(graph, masks, schedule)
-        # The weights a certificate reads (output gain, convex merges) stay as they are:
-        # the pruned model's Lipschitz bound is then never above the source's.
+        # The weights that set the bound uncapped (the layer contract's `bound_by_weights`)
+        # stay as they are while channels are masked.
         frozen = [layer for layer in leaf_layers(model)
-                  if isinstance(layer, BOUND_WEIGHTS) and layer.trainable]
+                  if getattr(contract_of(layer), "bound_by_weights", False) and layer.trainable]
         for layer in frozen:
             layer.trainable = False
         compile_model(masked, config)

@@ -2,25 +2,25 @@
 
 This is the single place where SROCC, PLCC and KRCC are defined for NumPy
 inputs. Evaluation reports and tests call these functions; the Keras metrics in
-:mod:`keras_robust_iqa.training.metrics` are tested against them.
+`keras_robust_iqa.training.metrics` are tested against them.
 
 All functions
 
-* flatten both inputs (so ``(N, 1)`` predictions and ``(N,)`` MOS both work)
+- flatten both inputs (so `(N, 1)` predictions and `(N,)` MOS both work)
   and compute in float64;
-* raise ``ValueError`` when the two inputs hold a different number of values;
-* return ``nan`` -- without emitting a warning -- when the statistic is
+- raise `ValueError` when the two inputs hold a different number of values;
+- return `nan` -- without emitting a warning -- when the statistic is
   undefined: fewer than two samples, a constant input, or any non-finite value
-  (NaN/inf propagate, as with SciPy's default ``nan_policy="propagate"``).
+  (NaN/inf propagate, as with SciPy's default `nan_policy="propagate"`).
 
 Definitions (identical to SciPy, which does the actual work):
 
-* SROCC: Spearman's rho, i.e. Pearson's r of the average ranks (ties receive
-  the mean of the ranks they span, ``scipy.stats.rankdata(method="average")``).
-* PLCC: Pearson's r, optionally after a monotonic 4-parameter logistic mapping
-  of the predictions onto the MOS scale (``fit="logistic4"``), as is customary
+- SROCC: Spearman's rho, i.e. Pearson's r of the average ranks (ties receive
+  the mean of the ranks they span, `scipy.stats.rankdata(method="average")`).
+- PLCC: Pearson's r, optionally after a monotonic 4-parameter logistic mapping
+  of the predictions onto the MOS scale (`fit="logistic4"`), as is customary
   when reporting IQA results (VQEG, 2000).
-* KRCC: Kendall's tau-b (tie-corrected), ``scipy.stats.kendalltau`` default.
+- KRCC: Kendall's tau-b (tie-corrected), `scipy.stats.kendalltau` default.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ _PLCC_FITS = ("none", "logistic4")
 def _prepare(pred, mos):
     """Flatten to float64 and decide whether the statistic is defined.
 
-    Returns ``(x, y, defined)``.
+    Returns `(x, y, defined)`.
     """
     x = np.asarray(pred, dtype=np.float64).ravel()
     y = np.asarray(mos, dtype=np.float64).ravel()
@@ -93,11 +93,11 @@ def krcc(pred, mos) -> float:
 
 
 def logistic4(x, b1, b2, b3, b4):
-    """4-parameter logistic ``(b1 - b2) / (1 + exp(-(x - b3) / |b4|)) + b2``.
+    """4-parameter logistic `(b1 - b2) / (1 + exp(-(x - b3) / |b4|)) + b2`.
 
-    ``b1``/``b2`` are the upper/lower asymptotes (on the MOS scale), ``b3`` the
-    inflection point and ``|b4|`` the scale (on the prediction scale). Using
-    ``|b4|`` keeps the direction of the mapping in ``b1 - b2`` only.
+    `b1`/`b2` are the upper/lower asymptotes (on the MOS scale), `b3` the
+    inflection point and `|b4|` the scale (on the prediction scale). Using
+    `|b4|` keeps the direction of the mapping in `b1 - b2` only.
     """
     x = np.asarray(x, dtype=np.float64)
     z = -(x - b3) / max(abs(b4), np.finfo(np.float64).tiny)
@@ -107,15 +107,18 @@ def logistic4(x, b1, b2, b3, b4):
 
 
 def fit_logistic4(pred, mos, maxfev: int = 10000):
-    """Least-squares fit of :func:`logistic4` mapping ``pred`` onto ``mos``.
+    """Least-squares fit of `logistic4` mapping `pred` onto `mos`.
 
-    Returns the parameters ``(b1, b2, b3, b4)``. The initial guess spans the
-    MOS range, centred on the predictions, oriented by the sign of the rank
-    correlation so that anti-correlated predictions converge too.
+    The initial guess spans the MOS range, centred on the predictions, oriented by the
+    sign of the rank correlation so that anti-correlated predictions converge too.
 
-    Raises ``RuntimeError`` when the optimiser does not converge and
-    ``ValueError`` when fewer than 5 valid samples are given or the fit is
-    undefined (constant/non-finite input).
+    Returns:
+        The parameters `(b1, b2, b3, b4)`.
+
+    Raises:
+        RuntimeError: when the optimiser does not converge.
+        ValueError: when fewer than 5 valid samples are given or the fit is undefined
+            (constant/non-finite input).
     """
     x, y, defined = _prepare(pred, mos)
     if not defined:
@@ -140,17 +143,17 @@ def plcc(pred, mos, fit: str = "none") -> float:
     Args:
         pred: predicted quality scores, any shape.
         mos: subjective scores, same number of values.
-        fit: ``"none"`` (default) correlates the raw predictions.
-            ``"logistic4"`` first maps the predictions with a 4-parameter
-            logistic fitted by least squares to ``mos``
-            (:func:`fit_logistic4`) and correlates the mapped values; this is
+        fit: `"none"` (default) correlates the raw predictions.
+            `"logistic4"` first maps the predictions with a 4-parameter
+            logistic fitted by least squares to `mos`
+            (`fit_logistic4`) and correlates the mapped values; this is
             the customary way to report PLCC for IQA models whose outputs are
             on a different, non-linearly related scale. The fitted mapping may
             be decreasing, so the result measures agreement regardless of
             orientation (a lower-is-better score is not penalised; SROCC and
             KRCC stay signed). It is only meaningful on a held-out set large
             enough to fit 4 parameters. If the fit
-            fails (no convergence, fewer than 5 samples) a ``RuntimeWarning``
+            fails (no convergence, fewer than 5 samples) a `RuntimeWarning`
             is emitted and the PLCC of the raw predictions is returned.
     """
     if fit not in _PLCC_FITS:
@@ -176,7 +179,7 @@ def plcc(pred, mos, fit: str = "none") -> float:
 
 
 def correlations(pred, mos, plcc_fit: str = "none") -> dict:
-    """All three statistics as ``{"srocc": .., "plcc": .., "krcc": ..}``."""
+    """All three statistics as `{"srocc": .., "plcc": .., "krcc": ..}`."""
     return {
         "srocc": srocc(pred, mos),
         "plcc": plcc(pred, mos, fit=plcc_fit),
@@ -186,11 +189,11 @@ def correlations(pred, mos, plcc_fit: str = "none") -> dict:
 
 def correlations_by_distortion(pred, mos, distortions, plcc_fit: str = "none",
                                min_images: int = 3) -> dict:
-    """:func:`correlations` within each distortion type, as IQA papers report them.
+    """`correlations` within each distortion type, as IQA papers report them.
 
-    Returns ``{type: {"srocc", "plcc", "krcc", "images"}}`` in sorted order, for every type
-    with at least ``min_images`` images whose MOS are not all equal: a pristine group (every
-    reference at the top of the scale) or an unnamed one (``""``) has no correlation.
+    Returns `{type: {"srocc", "plcc", "krcc", "images"}}` in sorted order, for every type
+    with at least `min_images` images whose MOS are not all equal: a pristine group (every
+    reference at the top of the scale) or an unnamed one (`""`) has no correlation.
     """
     pred = np.asarray(pred, dtype=np.float64).reshape(-1)
     mos = np.asarray(mos, dtype=np.float64).reshape(-1)

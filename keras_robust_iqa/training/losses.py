@@ -1,16 +1,16 @@
-"""Losses for training IQA regressors with ``model.fit``.
+"""Losses for training IQA regressors with `model.fit`.
 
-* :data:`MeanSquaredError`, :data:`MeanAbsoluteError`: Keras' own classes,
+- `MeanSquaredError`, `MeanAbsoluteError`: Keras' own classes,
   re-exported so that all IQA losses can be imported from one place.
-* :class:`PLCCLoss`: ``(1 - PLCC) / 2`` of the batch; in [0, 1], invariant to
+- `PLCCLoss`: `(1 - PLCC) / 2` of the batch; in [0, 1], invariant to
   the scale and offset of the predictions.
-* :class:`PairwiseRankLoss`: logistic (RankNet) or hinge (margin ranking) loss
+- `PairwiseRankLoss`: logistic (RankNet) or hinge (margin ranking) loss
   over all ordered pairs of the batch whose labels differ.
 
-The two correlation-style losses are *batch-level* quantities. ``call()``
+The two correlation-style losses are *batch-level* quantities. `call()`
 returns the batch value repeated once per sample rather than a bare scalar, so
 that Keras' reduction treats them like any per-sample loss: the default
-``"sum_over_batch_size"`` gives back the batch value, ``sample_weight`` scales
+`"sum_over_batch_size"` gives back the batch value, `sample_weight` scales
 it by the mean weight, and -- the reason for not returning a scalar, which
 Keras passes through unreduced -- the loss is divided by the number of replicas
 under a distribution strategy like every other Keras loss, keeping summed
@@ -40,7 +40,7 @@ MeanAbsoluteError = keras.losses.MeanAbsoluteError
 
 
 def _scores(t, dtype, what):
-    """Flatten ``(B,)``/``(B, 1)`` scores; compute in at least float32."""
+    """Flatten `(B,)`/`(B, 1)` scores; compute in at least float32."""
     t = check_score_shape(t, what)
     # float16/bfloat16 (mixed precision) is too coarse for centred products.
     dtype = tf.as_dtype(dtype)
@@ -57,20 +57,20 @@ def _per_sample(batch_value, like, dtype):
 
 @keras.saving.register_keras_serializable(package="keras_robust_iqa")
 class PLCCLoss(keras.losses.Loss):
-    """``(1 - r) / 2`` where ``r`` is the Pearson correlation of the batch.
+    """`(1 - r) / 2` where `r` is the Pearson correlation of the batch.
 
-    ``r = cov(p, y) / sqrt((var(p) + epsilon) * (var(y) + epsilon))`` with
-    population (co)variances. ``epsilon`` keeps the loss and its gradient
+    `r = cov(p, y) / sqrt((var(p) + epsilon) * (var(y) + epsilon))` with
+    population (co)variances. `epsilon` keeps the loss and its gradient
     finite when predictions (or labels) are constant within the batch, e.g.
     a freshly initialised head: there the loss is 0.5 and the gradient points
-    along the centred labels. Because ``r`` is scale invariant its gradient
-    grows like ``1 / std(p)`` as predictions collapse; ``epsilon`` caps it at
-    about ``1 / sqrt(epsilon)`` per unit label spread, so pair this loss with an
+    along the centred labels. Because `r` is scale invariant its gradient
+    grows like `1 / std(p)` as predictions collapse; `epsilon` caps it at
+    about `1 / sqrt(epsilon)` per unit label spread, so pair this loss with an
     adaptive optimiser (Adam) or a scale-fixing term such as MSE.
 
     Args:
         epsilon: variance floor, in squared units of the scores.
-        reduction, name, dtype: as for any ``keras.losses.Loss`` (see the
+        reduction, name, dtype: as for any `keras.losses.Loss` (see the
             module docstring for how reductions apply to batch-level values).
     """
 
@@ -105,25 +105,25 @@ class PLCCLoss(keras.losses.Loss):
 class PairwiseRankLoss(keras.losses.Loss):
     """Mean pairwise ranking loss over the batch.
 
-    For every ordered pair ``(i, j)`` with ``y_i > y_j`` (pairs with equal
-    labels are skipped) let ``d = p_i - p_j``; the per-pair loss is
+    For every ordered pair `(i, j)` with `y_i > y_j` (pairs with equal
+    labels are skipped) let `d = p_i - p_j`; the per-pair loss is
 
-    * ``kind="logistic"`` (default, RankNet): ``softplus(margin - d)``
-      ``= log(1 + exp(margin - d))``. Smooth and never exactly zero; each pair
-      pulls with ``sigmoid(margin - d)`` (1/2 for tied predictions and
-      ``margin=0``), so it also trains a model whose predictions are constant.
-    * ``kind="hinge"`` (margin ranking): ``max(0, margin - d)``. Zero once every
-      pair is ordered with a gap of at least ``margin``; use ``margin > 0``
-      (on the scale of the predictions), with ``margin=0`` exactly tied
+    - `kind="logistic"` (default, RankNet): `softplus(margin - d)`
+      `= log(1 + exp(margin - d))`. Smooth and never exactly zero; each pair
+      pulls with `sigmoid(margin - d)` (1/2 for tied predictions and
+      `margin=0`), so it also trains a model whose predictions are constant.
+    - `kind="hinge"` (margin ranking): `max(0, margin - d)`. Zero once every
+      pair is ordered with a gap of at least `margin`; use `margin > 0`
+      (on the scale of the predictions), with `margin=0` exactly tied
       predictions receive no gradient.
 
     The result is the mean over those pairs, 0 for a batch without any pair
     of different labels (or of size < 2). Memory is O(batch**2).
 
     Args:
-        kind: ``"logistic"`` or ``"hinge"``.
+        kind: `"logistic"` or `"hinge"`.
         margin: required score gap for a pair (see above).
-        reduction, name, dtype: as for any ``keras.losses.Loss``.
+        reduction, name, dtype: as for any `keras.losses.Loss`.
     """
 
     _KINDS = ("logistic", "hinge")

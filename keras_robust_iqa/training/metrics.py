@@ -2,63 +2,62 @@
 
 Correlations are not decomposable: the SROCC of an epoch is *not* the mean of
 per-batch SROCCs. These metrics therefore keep every (prediction, label) pair
-seen since the last ``reset_state()`` and compute the statistic on all of them
-in ``result()``. The statistics equal ``scipy.stats`` (see
-:mod:`keras_robust_iqa.training.correlation`): average ranks for ties in SROCC,
+seen since the last `reset_state()` and compute the statistic on all of them
+in `result()`. The statistics equal `scipy.stats` (see
+`keras_robust_iqa.training.correlation`): average ranks for ties in SROCC,
 tau-b for KRCC, computed in float64.
 
-Design of the state (and why)
------------------------------
-On the TensorFlow backend Keras 3 resolves ``compile(jit_compile="auto")`` to
+Design of the state, and why:
+On the TensorFlow backend Keras 3 resolves `compile(jit_compile="auto")` to
 XLA whenever a GPU is visible (and the model has no distribution strategy),
-and it calls ``metric.update_state`` *and*
-``metric.result()`` inside the compiled train/test step. XLA needs static
-shapes and rejects ``tf.numpy_function``, and a variable cannot change shape
+and it calls `metric.update_state` *and*
+`metric.result()` inside the compiled train/test step. XLA needs static
+shapes and rejects `tf.numpy_function`, and a variable cannot change shape
 inside an XLA cluster ("Shape of resource ... cannot be changed"), so the
-usual "grow a ``[None]`` variable by concatenation + ``numpy_function(scipy)``"
+usual "grow a `[None]` variable by concatenation + `numpy_function(scipy)`"
 design would crash the default GPU training path. Instead:
 
-* State is a fixed-capacity buffer: two float64 ``tf.Variable``\\ s of shape
-  ``[capacity + 1]`` plus an int64 count. ``update_state`` writes a batch with
-  one ``tensor_scatter_nd_update`` at offset ``count``; the extra last slot
+- State is a fixed-capacity buffer: two float64 `tf.Variable`s of shape
+  `[capacity + 1]` plus an int64 count. `update_state` writes a batch with
+  one `tensor_scatter_nd_update` at offset `count`; the extra last slot
   absorbs writes past the end and samples with zero weight, so shapes never
-  change. Memory: ``16 * capacity`` bytes per metric (and per replica), 1 MiB
-  for the default ``capacity=65536``.
-* ``result()`` is pure TensorFlow (sorts, cumulative sums, segment sums), runs
-  eagerly, in ``tf.function`` and under XLA, and works on masked buffers, so it
+  change. Memory: `16 * capacity` bytes per metric (and per replica), 1 MiB
+  for the default `capacity=65536`.
+- `result()` is pure TensorFlow (sorts, cumulative sums, segment sums), runs
+  eagerly, in `tf.function` and under XLA, and works on masked buffers, so it
   is O(n log n) including Kendall's tau (Knight's algorithm, with the merge
   sort replaced by a radix partition over the bits of the dense ranks).
   Outside XLA the valid entries are compacted first, so cost follows the
   number of samples seen; under XLA every call processes the whole capacity
-  (static shapes), so choose ``capacity`` close to the epoch size there.
-* If more than ``capacity`` samples arrive between resets the result is
-  ``nan`` (never a silently truncated statistic) and an eager ``result()``
-  warns. Raise ``capacity`` for larger epochs.
-* The buffers are plain ``tf.Variable``\\ s rather than Keras variables: they
-  need ``aggregation=NONE`` with direct access to every replica's copy, and as
+  (static shapes), so choose `capacity` close to the epoch size there.
+- If more than `capacity` samples arrive between resets the result is
+  `nan` (never a silently truncated statistic) and an eager `result()`
+  warns. Raise `capacity` for larger epochs.
+- The buffers are plain `tf.Variable`s rather than Keras variables: they
+  need `aggregation=NONE` with direct access to every replica's copy, and as
   scratch state they should never end up in checkpoints. Consequently the
   metrics are TensorFlow-backend only (so is this package) and their state is
   not saved; metrics are not part of exported inference graphs anyway.
 
-Distribution: create the metric inside ``strategy.scope()`` (as with any Keras
-metric). Each replica then appends to its own ``ON_READ`` copy of the
-buffers; ``result()`` gathers all replicas (``all_gather`` inside
-``strategy.run``, the per-replica copies otherwise), so the value equals the
+Distribution: create the metric inside `strategy.scope()` (as with any Keras
+metric). Each replica then appends to its own `ON_READ` copy of the
+buffers; `result()` gathers all replicas (`all_gather` inside
+`strategy.run`, the per-replica copies otherwise), so the value equals the
 statistic on the full global batch stream. This covers single-host
-strategies (``MirroredStrategy``, ``OneDeviceStrategy``); with
-``MultiWorkerMirroredStrategy`` the value Keras records at epoch end (an eager
-``result()``) only sees the local worker's replicas.
+strategies (`MirroredStrategy`, `OneDeviceStrategy`); with
+`MultiWorkerMirroredStrategy` the value Keras records at epoch end (an eager
+`result()`) only sees the local worker's replicas.
 
-``sample_weight`` is treated as a mask: samples with weight 0 (e.g. Keras
+`sample_weight` is treated as a mask: samples with weight 0 (e.g. Keras
 padding masks) are ignored, any other weight includes the sample unweighted --
 rank correlations have no standard weighted form.
 
-Cost note: Keras evaluates ``result()`` after every step to feed the progress
+Cost note: Keras evaluates `result()` after every step to feed the progress
 bar, i.e. the statistic over everything accumulated so far, O(n log n) per
 step. On a CPU (10k samples, batch 32, tiny Dense model) that averaged about
 5 ms/step for SROCC, 1 ms for PLCC and 18 ms for KRCC; with a real backbone on
 an accelerator it is a small fraction of a step. If KRCC is too slow during
-training, compute it after the fact with ``correlation.krcc``.
+training, compute it after the fact with `correlation.krcc`.
 """
 
 from __future__ import annotations
@@ -172,7 +171,7 @@ def _tie_pairs(group_ids, valid, n):
 def _inversions_at_bit(seq, bit_index):
     """One radix level of inversion counting.
 
-    ``seq`` is grouped by the bits above ``bit_index`` (groups ascending,
+    `seq` is grouped by the bits above `bit_index` (groups ascending,
     original order kept inside each group). Counts pairs i < j in the same
     group with bit 1 at i and 0 at j -- each inversion is counted exactly once,
     at the highest bit where the two values differ -- then stably partitions
@@ -195,7 +194,7 @@ def _inversions_at_bit(seq, bit_index):
 
 
 def _count_inversions(seq):
-    """Number of pairs i < j with seq[i] > seq[j]; ``seq`` int32 in [0, len)."""
+    """Number of pairs i < j with seq[i] > seq[j]; `seq` int32 in [0, len)."""
     static_n = seq.shape[0]
     if static_n is not None:
         n_bits = tf.constant(max(int(static_n - 1).bit_length(), 1))
@@ -216,7 +215,7 @@ def _count_inversions(seq):
 
 
 def _tf_krcc(x, y, valid):
-    """Kendall tau-b, same formula as ``scipy.stats.kendalltau``."""
+    """Kendall tau-b, same formula as `scipy.stats.kendalltau`."""
     n_slots = tf.shape(x)[0]
     rx = _dense_ranks(tf.where(valid, x, _INF))
     ry = _dense_ranks(tf.where(valid, y, _INF))
@@ -368,7 +367,7 @@ class _CorrelationMetric(keras.metrics.Metric):
         count_var.assign_add(tf.reduce_sum(keep_i))
 
     def _gathered_state(self):
-        """Buffers ``[replicas, capacity]`` and counts ``[replicas]``."""
+        """Buffers `[replicas, capacity]` and counts `[replicas]`."""
         cap = self.capacity
         ctx = tf.distribute.get_replica_context()
         if (
@@ -431,13 +430,13 @@ class _CorrelationMetric(keras.metrics.Metric):
 class SROCC(_CorrelationMetric):
     """Spearman rank-order correlation over all samples since the last reset.
 
-    Ties get average ranks, exactly as ``scipy.stats.spearmanr``.
+    Ties get average ranks, exactly as `scipy.stats.spearmanr`.
 
     Args:
-        name: metric name (Keras logs it as ``srocc`` / ``val_srocc``).
-        dtype: dtype of ``result()``; the statistic is computed in float64.
+        name: metric name (Keras logs it as `srocc` / `val_srocc`).
+        dtype: dtype of `result()`; the statistic is computed in float64.
         capacity: maximum number of samples (per replica) between resets; the
-            result is ``nan`` beyond it. See the module docstring.
+            result is `nan` beyond it. See the module docstring.
     """
 
     _statistic = staticmethod(_tf_srocc)
@@ -451,9 +450,9 @@ class PLCC(_CorrelationMetric):
     """Pearson linear correlation over all samples since the last reset.
 
     No logistic mapping is applied (that needs a non-linear fit; use
-    ``correlation.plcc(..., fit="logistic4")`` for reports).
+    `correlation.plcc(..., fit="logistic4")` for reports).
 
-    Args: as :class:`SROCC`.
+    Args: as `SROCC`.
     """
 
     _statistic = staticmethod(_tf_plcc)
@@ -466,10 +465,10 @@ class PLCC(_CorrelationMetric):
 class KRCC(_CorrelationMetric):
     """Kendall tau-b over all samples since the last reset.
 
-    Same value as ``scipy.stats.kendalltau`` (tie-corrected tau-b), computed in
+    Same value as `scipy.stats.kendalltau` (tie-corrected tau-b), computed in
     O(n log n).
 
-    Args: as :class:`SROCC`.
+    Args: as `SROCC`.
     """
 
     _statistic = staticmethod(_tf_krcc)

@@ -13,14 +13,12 @@ import dataclasses
 import json
 import sys
 
-from keras_robust_iqa.models import MODEL_NAMES
-from keras_robust_iqa.training.trainer import (
-    ROBUST_ACTIVATIONS,
-    ROBUST_CONVOLUTIONS,
-    ROBUST_MODES,
-    ROBUST_POOLINGS,
-    train,
-)
+from keras_robust_iqa.training.options import add_arguments, from_arguments
+from keras_robust_iqa.training.trainer import TrainConfig, train
+
+# The TrainConfig options a recipe's command line sets; the recipe holds the rest.
+OPTIONS = ("data_dir", "model", "robust", "robust_conv", "robust_activation", "robust_pooling",
+           "robust_channel_gains", "init_from", "distill_from")
 
 
 def recipe_parser(config, description=None):
@@ -29,35 +27,9 @@ def recipe_parser(config, description=None):
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=f"settings: {_settings(config)}",
     )
-    needs_dir = config.dataset != "builtin"
-    parser.add_argument(
-        "--data-dir", default=config.data_dir, required=needs_dir and config.data_dir is None,
-        help=f"the {config.dataset} folder" if needs_dir
-        else "cache folder of the built-in dataset (default: $ROBUST_IQA_CACHE or ~/.cache)")
+    needs_dir = config.dataset != "builtin" and config.data_dir is None
+    add_arguments(parser, TrainConfig, OPTIONS, config, required=("data_dir",) if needs_dir else ())
     parser.add_argument("--out", help="run folder to write (default: runs/DATASET-MODEL[-ROBUST])")
-    parser.add_argument("--model", default=config.model, choices=MODEL_NAMES,
-                        help=f"base model (default: {config.model})")
-    parser.add_argument("--robust", default=config.robust or "none",
-                        choices=("none", *ROBUST_MODES),
-                        help=f"RobustBlocks: insert after each stage, or replace every layer "
-                        f"(default: {config.robust or 'none'})")
-    parser.add_argument("--robust-conv", default=config.robust_conv, choices=ROBUST_CONVOLUTIONS,
-                        help=f"orthogonal convolution of robust models: fourier (OrthoConv2D) or block "
-                        f"(BlockOrthoConv2D) (default: {config.robust_conv})")
-    parser.add_argument("--robust-activation", default=config.robust_activation,
-                        choices=ROBUST_ACTIVATIONS,
-                        help=f"activation of replace models (default: {config.robust_activation})")
-    parser.add_argument("--robust-pooling", default=config.robust_pooling, choices=ROBUST_POOLINGS,
-                        help=f"what stands in for the pooling of replace models: the L2 norm of "
-                        f"each window, or space-to-depth (default: {config.robust_pooling})")
-    parser.add_argument("--robust-channel-gains", action="store_true", default=config.robust_channel_gains,
-                        help="per-channel gains in [-1, 1] after each orthogonal layer of replace models")
-    parser.add_argument("--init-from", metavar="RUN", default=config.init_from,
-                        help="start from the model of this run folder (e.g. robustify a "
-                        "trained base model)")
-    parser.add_argument("--distill-from", metavar="RUN", default=config.distill_from,
-                        help=f"mix the patch scores of this run's model into the training targets "
-                        f"(weight {config.distill_weight}; e.g. a trained base run teaching a replace model)")
     return parser
 
 
@@ -81,21 +53,17 @@ def run_recipe(config, argv=None, description=None):
 
 
 def _apply(config, args):
-    robust = None if args.robust == "none" else args.robust
+    config = from_arguments(args, config, OPTIONS)
     # Pretrained weights are the backbones'; the small model always starts from scratch.
-    weights = config.weights if args.model != "small" else None
-    config = dataclasses.replace(config, data_dir=args.data_dir, model=args.model, robust=robust,
-                                 robust_conv=args.robust_conv, robust_activation=args.robust_activation,
-                                 robust_pooling=args.robust_pooling,
-                                 robust_channel_gains=args.robust_channel_gains, weights=weights,
-                                 init_from=args.init_from, distill_from=args.distill_from)
-    out = args.out or f"runs/{config.dataset}-{config.model}" + (f"-{robust}" if robust else "")
+    if config.model == "small":
+        config = dataclasses.replace(config, weights=None)
+    out = args.out or f"runs/{config.dataset}-{config.model}" + (f"-{config.robust}" if config.robust else "")
     return config, out
 
 
 def _settings(config):
     keep = ("model", "weights", "patch_size", "patches_per_image", "batch_size", "epochs",
-            "learning_rate", "loss", "patience")
+            "learning_rate", "loss", "patience", "distill_weight")
     return ", ".join(f"{k}={getattr(config, k)}" for k in keep)
 
 

@@ -32,6 +32,7 @@ from keras_robust_iqa.training.correlation import correlations, correlations_by_
 from keras_robust_iqa.training.defenses import DEFENSES, InnerModelCheckpoint, defend
 from keras_robust_iqa.training.distillation import distillation_targets, load_teacher
 from keras_robust_iqa.training.metrics import PLCC, SROCC
+from keras_robust_iqa.training.options import check_choices, fraction, option
 
 LOSSES = {
     "mse": lambda: keras.losses.MeanSquaredError(),
@@ -49,73 +50,104 @@ LR_SCHEDULES = ("cosine", "constant")
 
 @dataclasses.dataclass
 class TrainConfig:
-    """Everything a training run depends on; written to `config.json`."""
+    """Everything a training run depends on; written to `config.json`.
 
-    dataset: str = "builtin"
-    data_dir: str | None = None
-    model: str = "small"
-    width: float = 1.0  # channel multiplier of the small model
-    robust: str | None = None
-    # The orthogonal convolution of robust models (models.robustify's `conv`).
-    robust_conv: str = "block"
-    # The activation of `replace` models (models.robustify's `activation`).
-    robust_activation: str = "groupsort"
-    # What stands in for the pooling layers of `replace` models (models.robustify's `pooling`).
-    robust_pooling: str = "l2norm"
-    # Per-channel gains in [-1, 1] after each orthogonal layer (models.robustify's `channel_gains`).
-    robust_channel_gains: bool = False
-    weights: str | None = None
-    init_from: str | None = None
-    # A run folder whose model's patch scores are mixed into the training targets, with
-    # this weight (training/distillation.py); validation and test read the real MOS.
-    distill_from: str | None = None
-    distill_weight: float = 0.5
-    epochs: int = 30
-    batch_size: int = 32
-    patch_size: int = 64
-    patches_per_image: int = 4
-    # Random flips of the training patches (data.make_dataset's `augment`).
-    augment: str | None = None
-    # Built-in dataset only: new distortions at continuous levels each epoch instead of the
-    # stored training images (data.make_dataset's `fresh_distortions`).
-    fresh_distortions: bool = False
-    learning_rate: float = 1e-3
-    # cosine: decay to 5 % of learning_rate over all epochs; the last epochs, at a small
-    # rate, settle the weights (and BatchNorm statistics) that the checkpoint keeps.
-    lr_schedule: str = "cosine"
-    # Momentum of an exponential moving average of the weights (Adam's `use_ema`), or None.
-    # Validation, checkpoints and the saved model then use the averaged weights.
-    ema: float | None = None
-    loss: str = "mse"
-    patience: int = 8
-    seed: int = 0
-    strategy: str = "auto"
-    # A data-driven defense baseline (training/defenses.py) and its settings (docs/training.md).
-    defense: str | None = None
-    defense_eps: float = 4 / 255
-    nt_lambda: float = 1e-3
-    nt_h: float = 0.01
+    Each field is one option of `robust-iqa train` (`training/options.py` makes the flags,
+    their help and choices from these declarations; the recipes and the demo some of them).
+    """
+
+    dataset: str = option("builtin", "dataset format to read (default: {default}; builtin is made from "
+                          "scikit-image's photographs, no download)", choices=iqa_data.READERS)
+    data_dir: str | None = option(None, "dataset folder (for csv: the CSV file or a folder with mos.csv); "
+                                  "for builtin: an optional cache folder (default: $ROBUST_IQA_CACHE or "
+                                  "~/.cache/keras_robust_iqa)")
+    model: str = option("small", "base model (default: {default}; small is a CNN that trains on a CPU in "
+                        "minutes, the backbones want a GPU)", choices=iqa_models.MODEL_NAMES)
+    width: float = option(1.0, "multiply the small model's channels and head units by this factor, e.g. 2 "
+                          "for twice as wide (default: {default:g}; the backbones keep their own widths)")
+    robust: str | None = option(None, "apply RobustBlocks: insert them after the backbone's stages, replace "
+                                "every layer by its 1-Lipschitz counterpart, or none (the base model) "
+                                "(default: {default})", choices=ROBUST_MODES)
+    robust_conv: str = option(
+        "block", "1-Lipschitz convolution of --robust models: fourier (OrthoConv2D, the paper's Cayley "
+        "transform per frequency, for one patch size), block (BlockOrthoConv2D, a compact orthogonal "
+        "kernel run as a plain convolution), aol (AOLConv2D, a plain convolution rescaled to be "
+        "1-Lipschitz, not orthogonal) or sll (replace only: the residual SLLConv2D where a convolution "
+        "keeps its channels, AOL elsewhere) (default: {default})", choices=ROBUST_CONVOLUTIONS)
+    robust_activation: str = option(
+        "groupsort", "activation of --robust replace models: groupsort (MaxMin, gradient-norm preserving) "
+        "or relu (also 1-Lipschitz, not gradient-norm preserving: the score can stay flat where it does "
+        "not matter; see docs/experiments.md) (default: {default})", choices=ROBUST_ACTIVATIONS)
+    robust_pooling: str = option(
+        "l2norm", "what stands in for the pooling layers of --robust replace models: l2norm (the L2 norm "
+        "of each window) or invertible (space-to-depth: keeps every value, the next layer reads 4x the "
+        "channels and costs more; see docs/experiments.md) (default: {default})", choices=ROBUST_POOLINGS)
+    robust_channel_gains: bool = option(
+        False, "follow each orthogonal layer of --robust replace models by learnable per-channel gains in "
+        "[-1, 1] (still 1-Lipschitz; orthogonal layers alone cannot weigh their channels; see "
+        "docs/experiments.md) (default: {default})")
+    weights: str | None = option(None, "backbone weights: 'imagenet' or a .weights.h5 file (backbones only; "
+                                 "default: none)")
+    init_from: str | None = option(None, "start from the model of this run folder (e.g. robustify a trained "
+                                   "base model)", metavar="RUN")
+    distill_from: str | None = option(
+        None, "distillation: mix the patch scores of this run's model (the teacher, e.g. a trained base run "
+        "of the same dataset and patch size) into the training targets, with weight --distill-weight "
+        "(training/distillation.py); validation and test read the real MOS (default: off)", metavar="RUN")
+    distill_weight: float = option(0.5, "with --distill-from, each training patch's target is (1 - W) * MOS + "
+                                   "W * teacher score (default: {default})", metavar="W")
+    epochs: int = option(30, "maximum epochs (default: {default})")
+    batch_size: int = option(32, "patches per batch (default: {default})")
+    patch_size: int = option(64, "side of the square training patches; images are scored by averaging "
+                             "patch scores (default: {default})")
+    patches_per_image: int = option(4, "random patches per training image and epoch (default: {default})")
+    augment: str | None = option(
+        None, "random symmetries of the training patches: flip (left-right), dihedral (flips and "
+        "transposes: the 8 symmetries of a square, for distortions with no orientation, as in the "
+        "built-in set) (default: {default})", choices=iqa_data.AUGMENTATIONS[1:])
+    fresh_distortions: bool = option(
+        False, "built-in dataset only: each epoch, train on as many new images drawn from the training "
+        "photographs' pristine crops (a random distortion at a continuous level, labelled by its MS-SSIM "
+        "like the stored set) instead of the stored ones; validation and test keep the stored images "
+        "(default: {default})")
+    learning_rate: float = option(1e-3, "Adam learning rate (default: {default})")
+    # The last epochs of the cosine schedule, at a small rate, settle the weights (and the
+    # BatchNorm statistics) that the checkpoint keeps.
+    lr_schedule: str = option("cosine", "learning-rate schedule: cosine decays it to 5%% over all epochs, "
+                              "constant keeps it (default: {default})", choices=LR_SCHEDULES)
+    ema: float | None = option(
+        None, "keep an exponential moving average of the weights with this momentum (e.g. 0.99; Adam's "
+        "use_ema); validation, checkpoints and the saved model use the averaged weights (default: off)",
+        type=float, metavar="MOMENTUM")
+    loss: str = option("mse", "training loss (default: {default})", choices=LOSSES)
+    patience: int = option(8, "early stopping: epochs without a better validation SROCC (default: {default})")
+    seed: int = option(0, "random seed (default: {default})")
+    strategy: str = option("auto", "tf.distribute strategy; auto uses MultiWorkerMirroredStrategy when "
+                           "TF_CONFIG is set (default: {default})", choices=STRATEGIES)
+    defense: str | None = option(
+        None, "train with a data-driven defense baseline (training/defenses.py, docs/training.md): nt "
+        "(gradient-norm regularisation, Liu et al. 2024; pair it with --loss l1 as they do) or adversarial "
+        "(FGSM adversarial training with SSIM-lowered labels, Chistyakova et al. 2024); model.keras stays "
+        "the plain model (default: {default})", choices=DEFENSES)
+    defense_eps: float = option(
+        4 / 255, "L-inf budget of the adversarial-training FGSM step, in [0, 1] pixel units; a fraction "
+        "such as 4/255 is accepted. NT with --loss plcc or rank penalises the gain at this budget relative "
+        "to the batch's score spread (default: 4/255)", type=fraction)
+    nt_lambda: float = option(1e-3, "weight of NT's gradient-norm penalty; with --loss plcc or rank the "
+                              "penalty is scale-free (the gain at --defense-eps over the score spread) and "
+                              "needs its own weight (default: {default})")
+    nt_h: float = option(0.01, "NT's finite-difference step in [0, 1] pixel units (default: {default})")
 
     def validate(self):
-        if self.model not in iqa_models.MODEL_NAMES:
-            raise ValueError(f"--model must be one of {iqa_models.MODEL_NAMES}, got {self.model!r}.")
+        check_choices(self)
         if not (isinstance(self.width, (int, float)) and self.width > 0):
             raise ValueError(f"--width must be a positive multiplier, got {self.width!r}.")
         if self.width != 1 and self.model != "small":
             raise ValueError(f"--width {self.width} needs --model small (the backbones keep their "
                              f"published widths), got --model {self.model}.")
-        if self.robust not in (None, *ROBUST_MODES):
-            raise ValueError(f"--robust must be one of {ROBUST_MODES}, got {self.robust!r}.")
-        if self.robust_conv not in ROBUST_CONVOLUTIONS:
-            raise ValueError(f"--robust-conv must be one of {ROBUST_CONVOLUTIONS}, got {self.robust_conv!r}.")
-        if self.robust_activation not in ROBUST_ACTIVATIONS:
-            raise ValueError(f"--robust-activation must be one of {ROBUST_ACTIVATIONS}, "
-                             f"got {self.robust_activation!r}.")
         if self.robust_activation != "groupsort" and self.robust != "replace":
             raise ValueError(f"--robust-activation {self.robust_activation} needs --robust replace "
                              f"(insert's RobustBlocks use GroupSort), got --robust {self.robust}.")
-        if self.robust_pooling not in ROBUST_POOLINGS:
-            raise ValueError(f"--robust-pooling must be one of {ROBUST_POOLINGS}, got {self.robust_pooling!r}.")
         if self.robust_pooling != "l2norm" and self.robust != "replace":
             raise ValueError(f"--robust-pooling {self.robust_pooling} needs --robust replace "
                              f"(insert keeps the model's pooling), got --robust {self.robust}.")
@@ -125,14 +157,6 @@ class TrainConfig:
         if self.fresh_distortions and self.dataset != "builtin":
             raise ValueError(f"--fresh-distortions draws from the built-in dataset's pristine crops; "
                              f"--dataset {self.dataset} has none.")
-        if self.augment not in iqa_data.AUGMENTATIONS:
-            raise ValueError(f"--augment must be one of {iqa_data.AUGMENTATIONS[1:]} or none, got {self.augment!r}.")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"--lr-schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}.")
-        if self.loss not in LOSSES:
-            raise ValueError(f"--loss must be one of {tuple(LOSSES)}, got {self.loss!r}.")
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"--strategy must be one of {STRATEGIES}, got {self.strategy!r}.")
         for name in ("epochs", "batch_size", "patch_size", "patches_per_image"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -143,8 +167,6 @@ class TrainConfig:
             raise ValueError(f"--distill-weight must be in [0, 1], got {self.distill_weight!r}.")
         if self.ema is not None and not 0 < self.ema < 1:
             raise ValueError(f"--ema must be a momentum in (0, 1), such as 0.99, got {self.ema!r}.")
-        if self.defense not in (None, *DEFENSES):
-            raise ValueError(f"--defense must be one of {DEFENSES}, got {self.defense!r}.")
         if not 0 < self.defense_eps <= 1:
             raise ValueError(f"--defense-eps must be in (0, 1] (images are in [0, 1]), got {self.defense_eps!r}.")
         if not 0 <= self.nt_lambda < math.inf:

@@ -1,7 +1,7 @@
 """Fixtures: tiny datasets in the official file formats, written at test time.
 
-Helpers live in ``iqa_data_helpers`` (a unique module name: several test folders have a
-``conftest.py``, so ``from conftest import ...`` would be ambiguous).
+Helpers live in `iqa_data_helpers` (a unique module name: several test folders have a
+`conftest.py`, so `from conftest import ...` would be ambiguous).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def spaq_dir(tmp_path) -> Path:
 
 @pytest.fixture
 def csv_dir(tmp_path) -> Path:
-    """``mos.csv`` with JPEG, PNG and BMP images and an explicit split column."""
+    """`mos.csv` with JPEG, PNG and BMP images and an explicit split column."""
     root = tmp_path / "custom"
     rows = []
     splits = ["train"] * 6 + ["val"] * 2 + ["test"] * 2

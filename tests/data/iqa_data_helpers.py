@@ -47,7 +47,7 @@ def read_csv_lines(path: Path) -> list[list[str]]:
 
 
 def edit_csv(path: Path, row: int, column: str, value) -> None:
-    """Set ``column`` of 1-based file row ``row`` (row 1 is the header)."""
+    """Set `column` of 1-based file row `row` (row 1 is the header)."""
     lines = read_csv_lines(path)
     lines[row - 1][lines[0].index(column)] = value
     with open(path, "w", newline="") as f:

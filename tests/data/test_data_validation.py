@@ -27,7 +27,7 @@ KONIQ_META = "koniq10k_distributions_sets.csv"
 
 
 def raises_at(fn, file_name: str, row, *fragments):
-    """Call ``fn``; assert a DataError naming ``file_name`` and ``row`` (in the message too)."""
+    """Call `fn`; assert a DataError naming `file_name` and `row` (in the message too)."""
     with pytest.raises(DataError) as e:
         fn()
     err = e.value
@@ -42,7 +42,7 @@ def raises_at(fn, file_name: str, row, *fragments):
 
 
 def skips(fn, n_skipped: int):
-    """Call ``fn`` under skip; assert one DataWarning reporting ``n_skipped``."""
+    """Call `fn` under skip; assert one DataWarning reporting `n_skipped`."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         table = fn()

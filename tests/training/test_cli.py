@@ -22,6 +22,7 @@ from keras_robust_iqa import cli
 from keras_robust_iqa import data as iqa_data
 from keras_robust_iqa.models import MODEL_NAMES
 from keras_robust_iqa.training import trainer
+from keras_robust_iqa.training.defenses import DEFENSES
 from keras_robust_iqa.training.trainer import (
     LOSSES,
     ROBUST_ACTIVATIONS,
@@ -90,7 +91,9 @@ def test_option_choices_follow_the_library():
     train = commands.choices["train"]
     choices = {a.dest: tuple(a.choices) for a in train._actions if a.choices}
     assert choices["model"] == MODEL_NAMES
-    assert choices["robust"] == ROBUST_MODES
+    # An option that defaults to none takes `none` too (as --augment always has).
+    assert choices["robust"] == ("none", *ROBUST_MODES)
+    assert choices["defense"] == ("none", *DEFENSES)
     assert choices["robust_activation"] == ROBUST_ACTIVATIONS
     assert choices["robust_conv"] == ROBUST_CONVOLUTIONS
     assert choices["robust_pooling"] == ROBUST_POOLINGS
@@ -128,6 +131,17 @@ def test_every_option_reaches_the_config(monkeypatch, capsys, tmp_path):
     assert cli.main(argv) == 0
     assert calls == [(expected, str(tmp_path / "run"))]
     assert json.loads(capsys.readouterr().out) == {"test": {"srocc": 0.5}}
+
+
+def test_none_selects_no_robust_mode_defense_or_augmentation(monkeypatch, capsys, tmp_path):
+    calls = []
+    monkeypatch.setattr(trainer, "train", lambda config, out: calls.append(config) or {})
+    argv = ["train", "--out", str(tmp_path / "run"), "--robust", "none", "--defense", "none", "--augment", "none"]
+    assert cli.main(argv) == 0
+    assert calls == [TrainConfig()]
+    # A config built in Python gets the same choices checked, the error naming the flag.
+    with pytest.raises(ValueError, match=r"^--robust must be one of \('insert', 'replace'\) or none, got 'none'"):
+        TrainConfig(robust="none").validate()
 
 
 # ----------------------------------------------------------------------------
