@@ -31,6 +31,7 @@ REPLACEMENTS = (
     "identity",  # dropped: a normalization, whose scale the orthogonal layers cannot follow
     "conv",  # an orthogonal convolution
     "depthwise_conv",  # a grouped orthogonal convolution
+    "separable_conv",  # a grouped orthogonal convolution, then an orthogonal 1x1 (pointwise) one
     "dense",  # an OrthoDense
     "activation",  # an `Activation(fn)`: the replacement activation, or nothing for "linear"
     "nonlinearity",  # ReLU and its kin: the replacement activation
@@ -246,6 +247,32 @@ class _DepthwiseConv2DRule(KerasRule):
         new.set_weights([w[:, :, kept_in] if w.ndim == 4 else w[kept_in] for w in self.layer.get_weights()])
 
 
+class _SeparableConv2DRule(KerasRule):
+    """A depthwise convolution (`depth_multiplier` filters a channel), then a pointwise (1x1) one.
+
+    Its output channels are the pointwise kernel's columns, the weights the pruning criterion
+    reads (tfmot's `PruneRegistry` prunes `pointwise_kernel` alone too); an input channel `c`
+    is its depthwise filters and the pointwise rows `c * depth_multiplier + j` they feed.
+    """
+
+    replacement = "separable_conv"
+
+    def channel_role(self):
+        return contract.PRODUCER if channels_last(self.layer) else None
+
+    def applied_kernel(self):
+        return keras.ops.convert_to_numpy(self.layer.pointwise_kernel).astype(np.float64)
+
+    def slice_channels(self, new, kept_in, kept_out):
+        layer = self.layer
+        m = layer.depth_multiplier
+        new.depthwise_kernel.assign(keras.ops.convert_to_numpy(layer.depthwise_kernel)[:, :, kept_in])
+        rows = [c * m + j for c in kept_in for j in range(m)]
+        new.pointwise_kernel.assign(slice_kernel(layer.pointwise_kernel, rows, kept_out))
+        if layer.use_bias:
+            new.bias.assign(keras.ops.convert_to_numpy(layer.bias)[kept_out])
+
+
 class _MergeRule(KerasRule):
     def channel_role(self):
         return contract.MERGE
@@ -301,6 +328,7 @@ RULES = {
     L.Dense: _DenseRule,
     L.Conv2D: _Conv2DRule,
     L.DepthwiseConv2D: _DepthwiseConv2DRule,
+    L.SeparableConv2D: _SeparableConv2DRule,
     L.Add: _AddRule,
     L.Subtract: _MergeRule,
     L.Multiply: _MultiplyRule,

@@ -4,6 +4,8 @@ Which weights `w_i` are is the layer's to say (`applied_kernel()` of the layer c
 `layers.contract`); for the layers of this package and Keras's:
 - `Conv2D`: the kernel's slice `kernel[..., i]` (all taps, all input channels);
 - `Dense`: the column `kernel[:, i]`;
+- `SeparableConv2D`: the pointwise kernel's column `pointwise_kernel[..., i]` (as tfmot's
+  `PruneRegistry`: the depthwise filters belong to input channels, not to one output);
 - `OrthoConv2D` (and the one inside a `RobustBlock`): the kernel of the plain
   circular convolution the layer *computes*, `irfft2d(Q(u, v))[i]` over the
   whole FFT grid and all input channels, not the free kernel it is

@@ -2,8 +2,8 @@
 
 Each layer states how its channels flow (`channel_role()` of the layer contract,
 `layers.contract`; Keras's layers through `layers.keras_rules`). Every output channel of a
-prunable layer (a *producer*: `Conv2D`, `Dense`, `OrthoConv2D`, `BlockOrthoConv2D`,
-`OrthoDense`, `RobustBlock`) is an *atom*. Walking the graph, each tensor's
+prunable layer (a *producer*: `Conv2D`, `Dense`, `SeparableConv2D`, `OrthoConv2D`,
+`BlockOrthoConv2D`, `OrthoDense`, `RobustBlock`) is an *atom*. Walking the graph, each tensor's
 channel axis is a list of atoms, and layers tie atoms that can only be removed
 together:
 - `GroupSort` / `MaxMin` (alone or inside a `RobustBlock`) ties each group of
@@ -85,7 +85,7 @@ class ChannelGraph:
         self._collect_groups()
         if not self.producers:
             raise ValueError(
-                f"Model '{model.name}' has no prunable layer (Conv2D, Dense, OrthoConv2D, "
+                f"Model '{model.name}' has no prunable layer (Conv2D, Dense, SeparableConv2D, OrthoConv2D, "
                 "BlockOrthoConv2D, OrthoDense or RobustBlock)."
             )
         if len(self.frozen_groups) == len(self.groups):

@@ -316,3 +316,60 @@ def test_prune_returns_the_smaller_model_of_a_model_in_memory(branchy):
         prune(model, fraction=1.5)
     with pytest.raises(ValueError, match="not both"):
         prune(model, fraction=0.5, groups=chosen)
+
+
+def separable_model():
+    """Conv2D-BN-ReLU, then separable convolutions (depth multiplier 2; strides 2): producers and consumers."""
+    inputs = keras.Input((10, 10, 3))
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization()(keras.layers.Conv2D(8, 3)(inputs)))
+    x = keras.layers.SeparableConv2D(12, 3, padding="same", depth_multiplier=2, activation="relu")(x)
+    x = keras.layers.SeparableConv2D(8, 3, strides=2)(x)
+    return keras.Model(inputs, keras.layers.Dense(1)(keras.layers.GlobalAveragePooling2D()(x)))
+
+
+def _pruned_equals_masked(model, fraction, at=None):
+    """Prune `fraction`; the pruned model computes what the masked one does, at `at`'s kept channels.
+
+    `at`: a layer whose output is compared (default: the model's output).
+    """
+    graph = ChannelGraph(model)
+    pruned_groups = graph.select(graph.scores(), fraction=fraction)
+    part, kept = model, slice(None)
+    if at is not None:  # the model up to `at`, sliced and masked by the whole model's graph
+        part = keras.Model(model.inputs, model.get_layer(at).output)
+        kept = graph.kept_positions(graph.outputs_of[at], pruned_groups)
+    masked, masks = masked_model(part, graph)
+    set_masks(graph, masks, pruned_groups)
+    x = np.random.default_rng(2).uniform(size=(3, *model.inputs[0].shape[1:])).astype("float32")
+    expected = np.asarray(masked(x))[..., kept]
+    np.testing.assert_allclose(np.asarray(prune_model(part, graph, pruned_groups)(x)), expected, rtol=1e-5, atol=1e-6)
+    pruned = prune_model(model, graph, pruned_groups)
+    assert not np.allclose(np.asarray(pruned(x)), np.asarray(model(x)))
+    return graph, pruned
+
+
+def test_separable_convolutions_lose_output_and_input_channels():
+    """The pointwise kernel's columns and bias; the depthwise filters and pointwise rows of a lost input."""
+    keras.utils.set_random_seed(0)
+    model = separable_model()
+    conv, first, second = (layer for layer in model.layers
+                           if isinstance(layer, (keras.layers.Conv2D, keras.layers.SeparableConv2D)))
+    graph, pruned = _pruned_equals_masked(model, 0.5)
+    assert {conv.name, first.name, second.name} <= set(graph.producers)
+    pointwise = np.asarray(first.pointwise_kernel)
+    np.testing.assert_allclose(graph.scores()[first.name], np.abs(pointwise).mean(axis=(0, 1, 2)), rtol=1e-6)
+    # Half of each layer's channels go: 8 -> 4, 12 -> 6, 8 -> 4.
+    first, second = pruned.get_layer(first.name), pruned.get_layer(second.name)
+    assert [w.shape for w in first.get_weights()] == [(3, 3, 4, 2), (1, 1, 8, 6), (6,)]
+    assert [w.shape for w in second.get_weights()] == [(3, 3, 6, 1), (1, 1, 6, 4), (4,)]
+
+
+def test_an_insert_model_on_a_separable_backbone_prunes():
+    keras.utils.set_random_seed(0)
+    inserted = robustify(separable_model(), "insert", conv="block")
+    separable = [layer.name for layer in inserted.layers if isinstance(layer, keras.layers.SeparableConv2D)]
+    # The RobustBlock after the last one changes a little when pruned (the Cayley transform of a
+    # block is not the block of the Cayley transform): the separable layers' outputs are compared.
+    graph, pruned = _pruned_equals_masked(inserted, 0.3, at=separable[-1])
+    assert graph.prunable_channels > 0 and len(separable) == 2 and set(separable) <= set(graph.producers)
+    assert pruned.count_params() < inserted.count_params()

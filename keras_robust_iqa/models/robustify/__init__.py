@@ -62,9 +62,15 @@ def robustify(model, mode="replace", *, conv="block", after=None, keep_weights=T
               - a sigmoid or tanh output stays (Lipschitz 1/4 and 1), with the
                 `OutputScale` in front of it, so the score keeps its range;
               - GroupSort on a channel count `group_size` does not divide
-                becomes ReLU.
+                becomes ReLU;
+              - a `SeparableConv2D` becomes its depthwise part's stand-in (as a
+                `DepthwiseConv2D`'s, no bias) then an orthogonal 1x1 convolution;
+              - a convolution of stride `s` above 2 becomes space-to-depth by `s`
+                (after a zero pad to a multiple of `s`) and a stride-1 convolution
+                of kernel `ceil(k / s)`: for `k == s` (a patchify stem), exactly
+                an orthogonal matrix on each `s x s` patch.
               A layer with no counterpart (a product of two signals, a
-              dilated or transposed convolution, an arithmetic `keras.ops`
+              dilated or transposed convolution, unequal strides, an arithmetic `keras.ops`
               operation, ...) is refused with a `ValueError` that names it, says
               why and what to do, unless a stand-in drops it (as the gate
               branches are).
@@ -93,7 +99,9 @@ def robustify(model, mode="replace", *, conv="block", after=None, keep_weights=T
             shapes match (replace), so a trained model is a head start: each
             layer says how (`start_from_kernel`): a Cayley layer takes it as its
             free kernel, a `BlockOrthoConv2D` the orthogonal kernel nearest it
-            (exactly for a 1x1 kernel, by a fit of its factors otherwise), an
+            (exactly for a 1x1 kernel: a separable convolution's pointwise kernel,
+            a patchify kernel read in space-to-depth order; by a fit of its
+            factors otherwise), an
             `AOLConv2D` rescales it; an `SLLConv2D` starts fresh.
         group_size: GroupSort group size for the new activations.
         input_offset: for `"replace"`, added to the inputs by a

@@ -3,6 +3,7 @@
 import keras
 
 from keras_robust_iqa import layers as robust_layers
+from keras_robust_iqa.layers import contract
 from keras_robust_iqa.layers.keras_rules import contract_of
 from keras_robust_iqa.models.graph import (
     as_functional,
@@ -123,17 +124,25 @@ def _transfer_kernels(model, replaced, used):
 
     Each orthogonal layer says how (`start_from_kernel`): the Cayley layers take the
     trained kernel as their free kernel; `BlockOrthoConv2D` fits its orthogonal factors
-    to it (the orthogonal kernel nearest the trained one that the fit finds). `used`:
-    ids of the new model's layers (a dropped squeeze-excite branch needs no start).
+    to it (the orthogonal kernel nearest the trained one that the fit finds). The trained
+    kernel is the one the original states it applies (`applied_kernel()`: a separable
+    convolution's pointwise kernel, which its 1x1 part takes). `used`: ids of the new
+    model's layers (a dropped squeeze-excite branch needs no start).
     """
     for layer in flat_layers(model):
         new = replaced.get(id(layer))
-        if new is None or not hasattr(layer, "kernel"):
+        original = contract_of(layer)
+        kernel = None if new is None or original is None else original.applied_kernel()
+        if kernel is None:
             continue
         parts = new.layers if isinstance(new, keras.Sequential) else [new]
         for part in parts:
-            if id(part) not in used:
-                continue
             stated = contract_of(part)
-            if stated is not None and stated.start_from_kernel(layer.kernel):
+            if stated is None or id(part) not in used:
+                continue
+            if stated.channel_role() == contract.SPACE_TO_DEPTH and kernel.shape[:2] == (part.pool_size,) * 2:
+                # An `s x s` stride-`s` kernel after space-to-depth by `s` is one 1x1 kernel whose
+                # input `(dy * s + dx) * C + c` is the trained kernel's `[dy, dx, c]`: its own order.
+                kernel = kernel.reshape(1, 1, -1, kernel.shape[-1])
+            elif stated.start_from_kernel(kernel):
                 break

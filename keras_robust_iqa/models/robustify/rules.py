@@ -102,7 +102,7 @@ def _replacement(layer, in_shape, activation, pooling, gains, conv, squash):
         return layer.__class__.from_config(layer.get_config())
     if kind == "identity":
         return keras.layers.Identity(name=name)
-    if kind in ("conv", "depthwise_conv"):
+    if kind in ("conv", "depthwise_conv", "separable_conv"):
         return _conv_replacement(layer, in_shape, activation, gains, conv, squash)
     if kind == "dense":
         if len(in_shape) != 2:
@@ -149,52 +149,95 @@ def _activation_parts(layer, activation, channels, squash, name):
 
 
 def _conv_replacement(layer, in_shape, activation, gains, conv, squash):
+    """A convolution's stand-in: its orthogonal counterpart, gains, a crop to its size, the activation.
+
+    A separable convolution gets its depthwise part's counterpart (cropped to the original's
+    output size, with no bias: a 1x1 convolution follows), then an orthogonal 1x1 one.
+    """
     name = layer.name
-    depthwise = _replacement_kind(layer) == "depthwise_conv"
-    channels = in_shape[-1]
-    filters = channels * layer.depth_multiplier if depthwise else layer.filters
-    strides = layer.strides
+    kind = _replacement_kind(layer)
     if getattr(layer, "data_format", "channels_last") != "channels_last":
         raise _unsupported(layer, "data_format='channels_first'", "Build the model channels-last.")
-    if strides[0] != strides[1] or strides[0] not in (1, 2):
-        raise _unsupported(layer, f"strides {strides}; the orthogonal convolutions take 1 or 2")
+    if layer.strides[0] != layer.strides[1]:
+        raise _unsupported(layer, f"strides {layer.strides}; the orthogonal convolutions take equal strides")
     if tuple(layer.dilation_rate) != (1, 1):
         raise _unsupported(layer, f"dilation_rate {tuple(layer.dilation_rate)}")
     if None in in_shape[1:3] and conv == "fourier":
         raise _unsupported(layer, f"input shape {tuple(in_shape)} has no static size, which the Fourier "
                            "OrthoConv2D needs", "Use conv='block' (any input size).")
-    groups = 1 if depthwise else layer.groups
-    if groups != 1 and conv != "block":
-        kind = "the Fourier OrthoConv2D" if conv == "fourier" else f"conv={conv!r}"
-        raise _unsupported(layer, f"groups={groups}; {kind} is not grouped",
-                           "Use conv='block' (BlockOrthoConv2D takes groups).")
-    s = strides[0]
+    channels = in_shape[-1]
     expected = tuple(layer.compute_output_shape(tuple(in_shape))[1:3])
+    if kind in ("depthwise_conv", "separable_conv"):
+        depthwise = channels * layer.depth_multiplier
+        # A grouped orthogonal convolution, as wide as the depthwise output.
+        groups = channels // _depthwise_group_width(channels) if conv == "block" else 1
+        if kind == "depthwise_conv":
+            filters = depthwise
+            parts = _orthogonal_conv(layer, name, in_shape, filters, layer.kernel_size, groups, conv, expected)
+        else:
+            filters = layer.filters
+            parts = _orthogonal_conv(layer, f"{name}_depthwise", in_shape, depthwise, layer.kernel_size, groups,
+                                     conv, expected, use_bias=False)
+            pointwise_in = (in_shape[0], *expected, depthwise)
+            parts += _orthogonal_conv(layer, f"{name}_pointwise", pointwise_in, filters, (1, 1), 1, conv, expected,
+                                      strides=1)
+    else:
+        filters = layer.filters
+        if layer.groups != 1 and conv != "block":
+            which = "the Fourier OrthoConv2D" if conv == "fourier" else f"conv={conv!r}"
+            raise _unsupported(layer, f"groups={layer.groups}; {which} is not grouped",
+                               "Use conv='block' (BlockOrthoConv2D takes groups).")
+        parts = _orthogonal_conv(layer, name, in_shape, filters, layer.kernel_size, layer.groups, conv, expected)
+    parts += [robust_layers.ChannelGain(name=f"{name}_gain")] if gains else []
+    parts += _activation_parts(layer, activation, filters, squash, name)
+    return _sequential(parts, name)
+
+
+def _orthogonal_conv(layer, name, in_shape, filters, kernel_size, groups, conv, expected, strides=None,
+                     use_bias=True):
+    """The orthogonal (`conv="block"`, `"fourier"`) or 1-Lipschitz (`"aol"`, `"sll"`) convolution
+    standing in for one convolution of `layer`, cropped to `expected` (the original's output size).
+
+    `strides`: the convolution's (default: `layer`'s). Strides above 2 become a zero pad to a
+    multiple of `s`, space-to-depth by `s` (a permutation: `InvertibleDownsampling`) and a
+    stride-1 convolution of kernel `ceil(k / s)` on the `s * s` times wider map; for
+    `kernel_size == strides` (a patchify stem) that is exact, AOC's RKO: space-to-depth and
+    an orthogonal 1x1 convolution, each output reading exactly the original's `s x s` patch.
+    """
+    s = layer.strides[0] if strides is None else strides
     parts = []
+    if s > 2:
+        if None in in_shape[1:3]:
+            raise _unsupported(layer, f"strides {s} on input shape {tuple(in_shape)}, which has no static "
+                               "size: space-to-depth by the stride needs one", "Give the model a fixed input size.")
+        parts, padded = _zero_pad(in_shape[1:3], s, name)
+        parts.append(robust_layers.InvertibleDownsampling(s, name=f"{name}_space_to_depth"))
+        in_shape = (in_shape[0], padded[0] // s, padded[1] // s, in_shape[-1] * s * s)
+        kernel_size, s = tuple(-(-k // s) for k in kernel_size), 1
+    channels = in_shape[-1]
     if conv == "block":
-        if depthwise:
-            groups = channels // _depthwise_group_width(channels)
         # "same" padding gives ceil(n / s) outputs, cropped below where the original pads less.
-        kernel_size = tuple(max(k, s) for k in layer.kernel_size)
-        ortho = robust_layers.BlockOrthoConv2D(filters, kernel_size, strides=s, groups=groups, name=f"{name}_ortho")
+        kernel_size = tuple(max(k, s) for k in kernel_size)
+        ortho = robust_layers.BlockOrthoConv2D(filters, kernel_size, strides=s, groups=groups, use_bias=use_bias,
+                                               name=f"{name}_ortho")
         produced = tuple(None if n is None else -(-n // s) for n in in_shape[1:3])
-    elif conv == "sll" and s == 1 and filters == channels and all(k % 2 for k in layer.kernel_size):
-        ortho = robust_layers.SLLConv2D(layer.kernel_size, name=f"{name}_sll")
+    elif conv == "sll" and s == 1 and filters == channels and all(k % 2 for k in kernel_size):
+        ortho = robust_layers.SLLConv2D(kernel_size, name=f"{name}_sll")  # residual: its bias is inside
         produced = tuple(in_shape[1:3])
     elif conv in ("aol", "sll"):
-        ortho = robust_layers.AOLConv2D(filters, layer.kernel_size, strides=s, name=f"{name}_aol")
+        ortho = robust_layers.AOLConv2D(filters, kernel_size, strides=s, use_bias=use_bias, name=f"{name}_aol")
         produced = tuple(None if n is None else -(-n // s) for n in in_shape[1:3])
     else:
         # The Fourier layer needs sizes divisible by the stride: an odd map gets a zero row / column.
-        parts, padded = _zero_pad(in_shape[1:3], s, name)
-        ortho = robust_layers.OrthoConv2D(filters, layer.kernel_size, strides=s, padding="same", name=f"{name}_ortho")
+        pad, padded = _zero_pad(in_shape[1:3], s, name)
+        parts += pad
+        ortho = robust_layers.OrthoConv2D(filters, kernel_size, strides=s, padding="same", use_bias=use_bias,
+                                          name=f"{name}_ortho")
         produced = (padded[0] // s, padded[1] // s)
     parts.append(ortho)
-    parts += [robust_layers.ChannelGain(name=f"{name}_gain")] if gains else []
     if None not in produced and None not in expected:
         parts += _shape_fix(layer, produced, expected, name)
-    parts += _activation_parts(layer, activation, filters, squash, name)
-    return _sequential(parts, name)
+    return parts
 
 
 def _pooling_replacement(layer, in_shape, pooling):
