@@ -71,6 +71,7 @@ def test_prune_writes_a_run_folder_and_a_report(tiny_run, pruned_run):
         assert -1 <= stage["test"]["srocc"] <= 1 and -1 <= stage["test"]["plcc"] <= 1
     config = json.loads((pruned_run / "config.json").read_text())
     assert config["pruning"]["fraction"] == 0.4 and config["pruning"]["schedule"]["class_name"] == "PolynomialDecay"
+    assert report["criterion"] == config["pruning"]["criterion"] == "mean_weight"  # the default
     markdown = (pruned_run / "pruning_report.md").read_text()
     assert "| parameters | " in markdown and "after fine-tuning" in markdown
     widths = {name: layer["channels_after"] for name, layer in report["layers"].items()}
@@ -104,6 +105,7 @@ def test_a_distilled_run_is_pruned_and_fine_tuned_on_its_teachers_targets(tiny_r
 
 def test_a_relu_replace_run_with_channel_gains_is_pruned_and_fine_tuned(tiny_run, tmp_path):
     # The options that built the model must not fail the fine-tuning's config validation.
+    # Scored by activation energy, measured in the masked model as the masks close.
     config = json.loads((tiny_run / "config.json").read_text())
     run = tmp_path / "relu-gains"
     run.mkdir()
@@ -112,10 +114,17 @@ def test_a_relu_replace_run_with_channel_gains_is_pruned_and_fine_tuned(tiny_run
               channel_gains=True).save(run / "model.keras")
     (run / "config.json").write_text(json.dumps(config | {"robust_activation": "relu", "robust_channel_gains": True}))
     out = tmp_path / "pruned"
-    assert cli.main(["prune", "--run", str(run), "--fraction", "0.3", "--prune-epochs", "0",
-                     "--finetune-epochs", "1", "--out", str(out)]) == 0
+    assert cli.main(["prune", "--run", str(run), "--fraction", "0.3", "--prune-epochs", "1",
+                     "--finetune-epochs", "1", "--criterion", "activation", "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert -1 <= metrics["test"]["srocc"] <= 1 and metrics["lipschitz_bound"] > 0
+    report = json.loads((out / "pruning_report.json").read_text())
+    assert report["criterion"] == json.loads((out / "config.json").read_text())["pruning"]["criterion"] == "activation"
+    assert "mean squared output" in report["criterion_text"]
+    assert "Criterion (activation): mean squared output" in (out / "pruning_report.md").read_text()
+    # Every score is an energy (a mean of squares), so none is negative.
+    for layer in report["layers"].values():
+        assert 0 <= layer["score_min"] <= layer["score_max"]
     model = keras.saving.load_model(out / "model.keras", safe_mode=True)
     assert any(isinstance(layer, keras.layers.ReLU) for layer in model.layers)
 
@@ -158,14 +167,15 @@ def test_out_must_not_be_the_run(tiny_run, capsys):
     assert "--out must be a new run folder" in capsys.readouterr().err
 
 
-def test_exactly_one_target_and_every_option_explained(capsys):
-    for args in ([], ["--fraction", "0.3", "--tau", "0.01"]):
+def test_exactly_one_target_a_known_criterion_and_every_option_explained(capsys):
+    for args in ([], ["--fraction", "0.3", "--tau", "0.01"], ["--fraction", "0.3", "--criterion", "energy"]):
         with pytest.raises(SystemExit) as info:
             cli.main(["prune", "--run", "r", "--out", "o", *args])
         assert info.value.code == 2
-    capsys.readouterr()
+    assert "argument --criterion: invalid choice: 'energy'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["prune", "--help"])
     text = capsys.readouterr().out
-    for option in ("--run", "--fraction", "--tau", "--prune-epochs", "--finetune-epochs", "--learning-rate", "--out"):
+    for option in ("--run", "--fraction", "--tau", "--criterion", "--prune-epochs", "--finetune-epochs",
+                   "--learning-rate", "--out"):
         assert option in text
