@@ -25,10 +25,10 @@ def add_parser(subparsers):
     target.add_argument("--tau", type=float,
                         help="remove every channel whose score is below this threshold (the "
                         "report lists each layer's scores)")
-    p.add_argument("--criterion", choices=CRITERIA, default="mean_weight",
-                   help="how channels are scored: mean_weight, the mean |w| of the weights that produce "
-                   "the channel (the paper's); activation, its mean squared output on 4 batches of "
-                   "training patches, measured again at each pruning step (default: mean_weight)")
+    p.add_argument("--criterion", choices=CRITERIA, default="activation",
+                   help="how channels are scored: activation, a channel's mean squared output on 4 batches "
+                   "of training patches, measured again at each pruning step; mean_weight, the mean |w| of "
+                   "the weights that produce it (the paper's) (default: activation)")
     p.add_argument("--prune-epochs", type=int, default=1,
                    help="epochs of training with channel masks while the fraction (or tau) ramps up "
                    "(tfmot PolynomialDecay); 0 prunes at once (default: 1)")

@@ -87,12 +87,12 @@ def _check_epochs(name, value):
 
 
 def prune_run(run, out, *, fraction=None, tau=None, prune_epochs=1, finetune_epochs=15,
-              learning_rate=None, criterion="mean_weight", verbose="auto"):
+              learning_rate=None, criterion="activation", verbose="auto"):
     """Prune the model of run folder `run`, fine-tune it, and write run folder `out`.
 
-    1. The criterion scores each channel: `"mean_weight"`, the mean |w| of the
-       weights that produce it (the paper's), or `"activation"`, its mean
-       squared output on `ACTIVATION_BATCHES` batches of training patches. With
+    1. The criterion scores each channel: `"activation"` (the default), its mean
+       squared output on `ACTIVATION_BATCHES` batches of training patches, or
+       `"mean_weight"`, the mean |w| of the weights that produce it (the paper's). With
        `fraction`, that share of the prunable channels of each tied set of
        layers goes, smallest score first; with `tau`, every channel scoring
        below `tau`.

@@ -71,8 +71,11 @@ def test_prune_writes_a_run_folder_and_a_report(tiny_run, pruned_run):
         assert -1 <= stage["test"]["srocc"] <= 1 and -1 <= stage["test"]["plcc"] <= 1
     config = json.loads((pruned_run / "config.json").read_text())
     assert config["pruning"]["fraction"] == 0.4 and config["pruning"]["schedule"]["class_name"] == "PolynomialDecay"
-    assert report["criterion"] == config["pruning"]["criterion"] == "mean_weight"  # the default
+    assert report["criterion"] == config["pruning"]["criterion"] == "activation"  # the default
+    for layer in report["layers"].values():  # every score an energy, a mean of squares
+        assert 0 <= layer["score_min"] <= layer["score_max"]
     markdown = (pruned_run / "pruning_report.md").read_text()
+    assert "Criterion (activation): mean squared output" in markdown
     assert "| parameters | " in markdown and "after fine-tuning" in markdown
     widths = {name: layer["channels_after"] for name, layer in report["layers"].items()}
     # round(0.4 * MaxMin pairs) of each layer: 2 of 4, 3 of 8, 2 of 4; the output stays.
@@ -105,7 +108,7 @@ def test_a_distilled_run_is_pruned_and_fine_tuned_on_its_teachers_targets(tiny_r
 
 def test_a_relu_replace_run_with_channel_gains_is_pruned_and_fine_tuned(tiny_run, tmp_path):
     # The options that built the model must not fail the fine-tuning's config validation.
-    # Scored by activation energy, measured in the masked model as the masks close.
+    # Scored by the mean weight, the paper's criterion, while the masks close.
     config = json.loads((tiny_run / "config.json").read_text())
     run = tmp_path / "relu-gains"
     run.mkdir()
@@ -115,16 +118,12 @@ def test_a_relu_replace_run_with_channel_gains_is_pruned_and_fine_tuned(tiny_run
     (run / "config.json").write_text(json.dumps(config | {"robust_activation": "relu", "robust_channel_gains": True}))
     out = tmp_path / "pruned"
     assert cli.main(["prune", "--run", str(run), "--fraction", "0.3", "--prune-epochs", "1",
-                     "--finetune-epochs", "1", "--criterion", "activation", "--out", str(out)]) == 0
+                     "--finetune-epochs", "1", "--criterion", "mean_weight", "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert -1 <= metrics["test"]["srocc"] <= 1 and metrics["lipschitz_bound"] > 0
     report = json.loads((out / "pruning_report.json").read_text())
-    assert report["criterion"] == json.loads((out / "config.json").read_text())["pruning"]["criterion"] == "activation"
-    assert "mean squared output" in report["criterion_text"]
-    assert "Criterion (activation): mean squared output" in (out / "pruning_report.md").read_text()
-    # Every score is an energy (a mean of squares), so none is negative.
-    for layer in report["layers"].values():
-        assert 0 <= layer["score_min"] <= layer["score_max"]
+    assert report["criterion"] == json.loads((out / "config.json").read_text())["pruning"]["criterion"] == "mean_weight"
+    assert "Criterion (mean_weight): mean |w|" in (out / "pruning_report.md").read_text()
     model = keras.saving.load_model(out / "model.keras", safe_mode=True)
     assert any(isinstance(layer, keras.layers.ReLU) for layer in model.layers)
 
