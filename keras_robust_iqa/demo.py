@@ -66,6 +66,8 @@ class DemoSettings:
     prune_criterion: str = "activation"
     prune_epochs: int = 0
     finetune_epochs: int = 3
+    # Fine-tuning targets: the unpruned model's scores (1) rather than the MOS (0).
+    prune_distill_weight: float = 1.0
     attacks: tuple = ("fgsm", "ifgsm", "uap", "facpa", "transfer")
     eval_images: int = EVAL_IMAGES
     # Attacks also run much longer, their gain's ratio to it reported (`evaluate --strength`);
@@ -161,7 +163,8 @@ def run(out="runs/demo", settings=None, verbose="auto"):
 
             prune_run(out / "replace", pruned, fraction=settings.prune_fraction,
                       criterion=settings.prune_criterion, prune_epochs=settings.prune_epochs,
-                      finetune_epochs=settings.finetune_epochs, verbose=verbose)
+                      finetune_epochs=settings.finetune_epochs, distill_weight=settings.prune_distill_weight,
+                      verbose=verbose)
 
     model_runs = [out / name for name in configs] + [pruned]
     with progress("evaluate", f"{len(model_runs)} models x {len(settings.attacks)} attacks") as step:

@@ -37,6 +37,10 @@ def add_parser(subparsers):
                    "the run's patience); the best epoch by validation SROCC is kept (default: 15, the paper's)")
     p.add_argument("--learning-rate", type=float,
                    help="Adam learning rate for the masked epochs and fine-tuning (default: the run's)")
+    p.add_argument("--distill-weight", type=float, default=0.0, metavar="W",
+                   help="fine-tune towards the unpruned model: each training patch's target is (1 - W) * MOS "
+                   "+ W * the --run model's score; 1 teaches the pruned model the function it was cut from, "
+                   "0 fine-tunes on the MOS alone, as the paper does (default: 0)")
     p.add_argument("--out", required=True, help="run folder to write, e.g. runs/NAME-pruned")
     p.set_defaults(func=run)
 
@@ -47,6 +51,7 @@ def run(args):
     report = prune_run(
         args.run, args.out, fraction=args.fraction, tau=args.tau, prune_epochs=args.prune_epochs,
         finetune_epochs=args.finetune_epochs, learning_rate=args.learning_rate, criterion=args.criterion,
+        distill_weight=args.distill_weight,
     )
     for stage in STAGES:
         s = report["stages"][stage]

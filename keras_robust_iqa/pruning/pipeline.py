@@ -87,7 +87,7 @@ def _check_epochs(name, value):
 
 
 def prune_run(run, out, *, fraction=None, tau=None, prune_epochs=1, finetune_epochs=15,
-              learning_rate=None, criterion="activation", verbose="auto"):
+              learning_rate=None, criterion="activation", distill_weight=0.0, verbose="auto"):
     """Prune the model of run folder `run`, fine-tune it, and write run folder `out`.
 
     1. The criterion scores each channel: `"activation"` (the default), its mean
@@ -103,7 +103,9 @@ def prune_run(run, out, *, fraction=None, tau=None, prune_epochs=1, finetune_epo
     4. `finetune_epochs` of `train` (same dataset settings as the run, the
        best epoch by validation SROCC kept), at `learning_rate` (default: the
        run's own: a network that lost a third of its channels has much to
-       relearn).
+       relearn). With `distill_weight` w > 0 each training patch's target is
+       `(1 - w) * MOS + w * the source model's score` (`TrainConfig.distill_from`
+       the source run): the pruned model is taught the function it was cut from.
 
     Returns:
         The report written to `pruning_report.json`.
@@ -112,6 +114,8 @@ def prune_run(run, out, *, fraction=None, tau=None, prune_epochs=1, finetune_epo
     _check_epochs("prune-epochs", prune_epochs)
     _check_epochs("finetune-epochs", finetune_epochs)
     criterion = check_criterion(criterion)
+    if not 0 <= distill_weight <= 1:
+        raise ValueError(f"--distill-weight must be in [0, 1], got {distill_weight!r}.")
     if learning_rate is not None and not learning_rate > 0:
         raise ValueError(f"--learning-rate must be positive, got {learning_rate!r}.")
     if pathlib.Path(out).resolve() == pathlib.Path(run).resolve():
@@ -166,7 +170,8 @@ def prune_run(run, out, *, fraction=None, tau=None, prune_epochs=1, finetune_epo
 
     metrics = {}
     if finetune_epochs:
-        finetune = dataclasses.replace(config, init_from=str(out / "pruned"), epochs=finetune_epochs)
+        teacher = dict(distill_from=str(run), distill_weight=distill_weight) if distill_weight else {}
+        finetune = dataclasses.replace(config, init_from=str(out / "pruned"), epochs=finetune_epochs, **teacher)
         metrics = train(finetune, out, verbose=verbose)
         stages["after_finetune"] = model_facts(run_folder.load_model(out), table, metrics)
     else:
@@ -176,13 +181,14 @@ def prune_run(run, out, *, fraction=None, tau=None, prune_epochs=1, finetune_epo
 
     report = _report(run, graph, pruned_groups, final_scores, stages, criterion=criterion, fraction=fraction,
                      tau=tau, prune_epochs=prune_epochs, finetune_epochs=finetune_epochs,
-                     learning_rate=learning_rate, schedule=schedule)
+                     learning_rate=learning_rate, distill_weight=distill_weight, schedule=schedule)
     final = stages["after_finetune"]
     metrics |= {k: final[k] for k in ("test", "val", "params", "flops", "lipschitz_bound")}
     run_folder.write_metrics(out, metrics)
     saved_config = run_folder.read_config(out)
     saved_config["pruning"] = {k: report[k] for k in ("source_run", "criterion", "fraction", "tau", "prune_epochs",
-                                                       "finetune_epochs", "learning_rate", "schedule")}
+                                                       "finetune_epochs", "learning_rate", "distill_weight",
+                                                       "schedule")}
     run_folder.write_config(out, saved_config)
     run_folder.write_json(out / "pruning_report.json", report)
     (out / "pruning_report.md").write_text(report_markdown(report))
@@ -265,7 +271,9 @@ def report_markdown(report):
         "",
         f"Target: {target}; pruned {report['pruned_channels']} of {report['prunable_channels']} prunable "
         f"channels ({100 * report['pruned_fraction']:.1f} %); {report['prune_epochs']} masked epoch(s), "
-        f"{report['finetune_epochs']} fine-tuning epoch(s) at learning rate {report['learning_rate']:g}.",
+        f"{report['finetune_epochs']} fine-tuning epoch(s) at learning rate {report['learning_rate']:g}"
+        + (f", towards (1 - {report['distill_weight']:g}) MOS + {report['distill_weight']:g} x the unpruned "
+           "model's scores." if report["distill_weight"] else ", on the MOS."),
         "",
         "| | before | after pruning | after fine-tuning |",
         "|---|---|---|---|",

@@ -106,6 +106,30 @@ def test_a_distilled_run_is_pruned_and_fine_tuned_on_its_teachers_targets(tiny_r
     assert (saved["distill_from"], saved["distill_weight"]) == (str(teacher), 0.3)
 
 
+def test_fine_tuning_towards_the_unpruned_model(tiny_run, tmp_path, monkeypatch):
+    from keras_robust_iqa import data
+    from keras_robust_iqa.training import trainer
+
+    config = json.loads((tiny_run / "config.json").read_text())
+    table = data.load_table("csv", config["data_dir"])
+    source = tmp_path / "source"
+    shutil.copytree(tiny_run, source)
+    (source / "config.json").write_text(
+        json.dumps(config | {"dataset_name": table.name, "mos_range": list(table.mos_range)}))
+    seen = []
+    real = trainer.distillation_targets
+    monkeypatch.setattr(trainer, "distillation_targets",
+                        lambda dataset, model, weight: seen.append(weight) or real(dataset, model, weight))
+    out = tmp_path / "pruned"
+    assert cli.main(["prune", "--run", str(source), "--fraction", "0.4", "--prune-epochs", "0",
+                     "--finetune-epochs", "1", "--distill-weight", "1", "--out", str(out)]) == 0
+    assert seen == [1.0]  # only the fine-tuning, towards the source model's own scores
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["distill_from"], saved["distill_weight"]) == (str(source), 1.0)
+    assert saved["pruning"]["distill_weight"] == 1.0
+    assert "x the unpruned model's scores" in (out / "pruning_report.md").read_text()
+
+
 def test_a_relu_replace_run_with_channel_gains_is_pruned_and_fine_tuned(tiny_run, tmp_path):
     # The options that built the model must not fail the fine-tuning's config validation.
     # Scored by the mean weight, the paper's criterion, while the masks close.
@@ -143,6 +167,7 @@ def test_pruned_model_reloads_safely_and_trains(pruned_run):
     (["--tau", "1e9"], r"would remove all \d+ output channels of layer"),
     (["--tau", "-1"], "--tau must be a positive number"),
     (["--fraction", "0.3", "--finetune-epochs", "-1"], "--finetune-epochs must be an integer >= 0"),
+    (["--fraction", "0.3", "--distill-weight", "1.5"], r"--distill-weight must be in \[0, 1\]"),
 ])
 def test_bad_values_are_clear_errors(tiny_run, tmp_path, capsys, args, message):
     assert cli.main(["prune", "--run", str(tiny_run), *args, "--out", str(tmp_path / "out")]) == 2
@@ -176,5 +201,5 @@ def test_exactly_one_target_a_known_criterion_and_every_option_explained(capsys)
         cli.main(["prune", "--help"])
     text = capsys.readouterr().out
     for option in ("--run", "--fraction", "--tau", "--criterion", "--prune-epochs", "--finetune-epochs",
-                   "--learning-rate", "--out"):
+                   "--learning-rate", "--distill-weight", "--out"):
         assert option in text
