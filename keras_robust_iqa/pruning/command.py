@@ -11,10 +11,10 @@ def add_parser(subparsers):
         help="remove the lowest-scoring channels (mean weight or activation energy) from a run's model, "
         "then fine-tune it",
         description="Prune the output channels that score lowest (mean |w|, or mean squared activation on "
-        "training patches; below tau, or a fraction of them), rebuild the model with fewer channels, and fine-tune it with model.fit "
-        "on the run's dataset. Writes a run folder (model.keras, config.json, metrics.json, "
-        "history.csv, pruned/model.keras) and pruning_report.json / .md with parameters, FLOPs, "
-        "latency, SROCC/PLCC and the Lipschitz bound before pruning, after pruning and after "
+        "training patches; below tau, or a fraction of them), rebuild the model with fewer channels, "
+        "and fine-tune it with model.fit on the run's dataset. Writes a run folder (model.keras, "
+        "config.json, metrics.json, history.csv, pruned/model.keras) and pruning_report.json / .md "
+        "with parameters, FLOPs, latency, SROCC/PLCC and the Lipschitz bound before pruning, after pruning and after "
         "fine-tuning.",
     )
     p.add_argument("--run", required=True, help="run folder to prune (written by `robust-iqa train`)")
