@@ -215,29 +215,42 @@ class BlockOrthoConv2D(contract.LayerContract, keras.layers.Layer):
         return contract.PRODUCER if self.groups == 1 else None
 
     def slice_channels(self, new, kept_in, kept_out):
-        """The kept rows and columns of each free matrix.
+        """Each factor of `new` is the one nearest the kept block of the old factor.
 
-        Each factor of `new` is the Cayley transform of the kept part of the old
-        factor's free matrix: orthogonal by construction, close to the old factor's
-        kept part (fine-tuning recovers the difference). The projectors act on the
-        wider side (the input, when strided), whose kept channels index their rows; a
-        projector of width `n` has rank `n // 2`, so its first `n // 2` columns stay.
+        The 1x1 factors (mixing, and the stride-s factor's taps) become the
+        (semi-)orthogonal matrix nearest the kept rows and columns of the old matrix
+        (its polar factor, `nearest_cayley_free`); a projector `P` of width `n` becomes
+        the rank `n' // 2` projector nearest its kept block, the span of that block's
+        leading eigenvectors. Orthogonal by construction; the kept channels compute
+        close to what they computed (not exactly: a block of an orthogonal operator is
+        not orthogonal). Slicing the free matrices instead would change them far more:
+        the Cayley transform of a block is not the block of the Cayley transform. Where
+        a nearest factor has no Cayley parameter, its free matrix is sliced. The
+        projectors act on the wider side (the input, when strided), whose kept channels
+        index their rows.
         """
         s = self.strides[0]
         if self.projector_kernel is not None and new.projector_kernel is not None:
             rows = kept_out if s == 1 and new.filters >= new.input_channels else kept_in
             free = keras.ops.convert_to_numpy(self.projector_kernel)
-            new.projector_kernel.assign(free[:, :, rows, : new.projector_kernel.shape[-1]])
+            rank = new.projector_kernel.shape[-1]
+            projectors = keras.ops.convert_to_numpy(_projectors(tf.constant(free, tf.float32))).astype(np.float64)
+            fitted = free[:, :, rows, :rank].copy()
+            for index in np.ndindex(*free.shape[:2]):
+                # eigh's eigenvalues ascend: the last `rank` vectors span the nearest projector.
+                _, vectors = tf.linalg.eigh(tf.constant(projectors[index][np.ix_(rows, rows)]))
+                nearest = nearest_cayley_free(vectors[:, -rank:].numpy())
+                if nearest is not None:
+                    fitted[index] = nearest
+            new.projector_kernel.assign(fitted)
         if self.mixing_kernel is not None:
-            free = keras.ops.convert_to_numpy(self.mixing_kernel)
             rows = kept_out if s == 1 else kept_in
-            new.mixing_kernel.assign(free[:, rows][:, :, kept_in])
+            new.mixing_kernel.assign(_nearest_blocks(self.mixing_kernel, rows, kept_in))
         if self.downsampling_kernel is not None:
             # Columns are laid out (tap row, tap column, input channel).
             channels = self.input_channels
             columns = [tap * channels + c for tap in range(s * s) for c in kept_in]
-            free = keras.ops.convert_to_numpy(self.downsampling_kernel)
-            new.downsampling_kernel.assign(free[:, kept_out][:, :, columns])
+            new.downsampling_kernel.assign(_nearest_blocks(self.downsampling_kernel, kept_out, columns))
         if self.use_bias:
             new.bias.assign(keras.ops.convert_to_numpy(self.bias)[kept_out])
 
@@ -333,6 +346,20 @@ class BlockOrthoConv2D(contract.LayerContract, keras.layers.Layer):
             bias_initializer=keras.initializers.serialize(self.bias_initializer),
         )
         return config
+
+
+def _nearest_blocks(free, rows, columns):
+    """`(g, m, n)` free matrices -> free matrices of the (semi-)orthogonal matrices nearest the
+    `rows x columns` blocks of their Cayley transforms (a block's free matrix, sliced, where
+    the nearest has no Cayley parameter)."""
+    free = keras.ops.convert_to_numpy(free)
+    orthogonal = keras.ops.convert_to_numpy(linalg.cayley(tf.constant(free, tf.float32)))
+    fitted = free[:, rows][:, :, columns].copy()
+    for g in range(len(free)):
+        nearest = nearest_cayley_free(orthogonal[g][np.ix_(rows, columns)])
+        if nearest is not None:
+            fitted[g] = nearest
+    return fitted
 
 
 def _projectors(free):

@@ -1,4 +1,12 @@
-"""The mean-weight criterion: output channel `i` is pruned when `mean(|w_i|) < tau`.
+"""The channel scores pruning ranks by: the paper's mean weight, or the activation energy.
+
+`CRITERIA`:
+- `"mean_weight"`: output channel `i` scores `mean(|w_i|)` (the paper's criterion);
+- `"activation"`: channel `i` scores the mean of its squared output on a few batches of
+  training patches (`activation_energy`): what the channel carries on the data, where the
+  weights say what it could carry.
+
+The mean weight, in detail:
 
 Which weights `w_i` are is the layer's to say (`applied_kernel()` of the layer contract,
 `layers.contract`); for the layers of this package and Keras's:
@@ -33,9 +41,13 @@ than many weak ones). Either way it is the same quantity as for `Conv2D` and
 the channel.
 """
 
+import keras
 import numpy as np
 
 from keras_robust_iqa.layers.keras_rules import contract_of
+from keras_robust_iqa.models.graph import walk
+
+CRITERIA = ("mean_weight", "activation")
 
 
 def effective_kernel(layer):
@@ -56,3 +68,50 @@ def channel_scores(layer):
     """`mean(|w_i|)` for each output channel `i` of a prunable layer, float64 `(C,)`."""
     kernel = effective_kernel(layer)
     return np.mean(np.abs(kernel.reshape(-1, kernel.shape[-1])), axis=0)
+
+
+def check_criterion(criterion):
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}.")
+    return criterion
+
+
+def energy_probe(model, names):
+    """A model with `model`'s inputs whose outputs are `{name: that layer's output}` for `names`.
+
+    `model` may be any model holding those layers (a masked copy sharing them, say): the
+    probe computes what they output there.
+    """
+    found = {}
+
+    def call(layer, args, kwargs):
+        kwargs.pop("mask", None)
+        outputs = layer(*args, **kwargs)
+        if getattr(layer, "name", None) in names:
+            found[layer.name] = outputs
+        return outputs
+
+    inputs, _ = walk(model, call)
+    missing = [name for name in names if name not in found]
+    if missing:
+        raise ValueError(f"Model '{model.name}' has no layer named {missing}.")
+    return keras.Model(inputs, {name: found[name] for name in names}, name=f"{model.name}_energy_probe")
+
+
+def activation_energy(probe, batches):
+    """`{layer name: mean squared output per channel}` of an `energy_probe`, over `batches`.
+
+    The mean is taken over every batch, position and sample alike (float64 `(C,)` each).
+    `batches`: input arrays, or `(inputs, targets, ...)` tuples as a training dataset yields.
+    """
+    sums, counts = {}, {}
+    for batch in batches:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        for name, y in probe(x, training=False).items():
+            y = np.asarray(keras.ops.convert_to_numpy(y), np.float64)
+            y = y.reshape(-1, y.shape[-1])
+            sums[name] = sums.get(name, 0.0) + np.sum(y * y, axis=0)
+            counts[name] = counts.get(name, 0) + len(y)
+    if not sums:
+        raise ValueError("The activation criterion needs at least one batch of inputs.")
+    return {name: sums[name] / counts[name] for name in sums}

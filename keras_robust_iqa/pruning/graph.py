@@ -23,7 +23,7 @@ from keras import tree
 from keras_robust_iqa.layers import contract
 from keras_robust_iqa.layers.keras_rules import contract_of
 from keras_robust_iqa.models.graph import tensors_in, walk
-from keras_robust_iqa.pruning import criterion
+from keras_robust_iqa.pruning.criterion import activation_energy, channel_scores, check_criterion, energy_probe
 
 
 class _SharedLayer(Exception):
@@ -95,6 +95,7 @@ class ChannelGraph:
                 "or read by a layer that cannot be sliced)."
             )
         del self._atoms, self._seen, self._names
+        self._probes = {}  # id(model) -> its energy probe, built once
 
     def _reset(self):
         self._parent = []
@@ -236,17 +237,36 @@ class ChannelGraph:
         pruned_groups = set(pruned_groups)
         return [i for i, a in enumerate(atoms) if self.group_of.get(a) not in pruned_groups]
 
-    def scores(self):
-        """`{producer name: mean(|w_i|) per output channel}` from the current weights.
+    def scores(self, criterion="mean_weight", batches=None, model=None):
+        """`{producer name: score per output channel}`: the channels with small scores go first.
+
+        Args:
+            criterion: `"mean_weight"`, `mean(|w_i|)` from the current weights; or
+                `"activation"`, each channel's mean squared output on `batches`.
+            batches: input batches (or `(inputs, targets)` tuples), for `"activation"`.
+            model: the model the activations are measured in (default: the graph's own);
+                a masked model that shares its layers (`masked_model`) measures the
+                channels as the masks leave them.
 
         A `ChannelGain` that a channel passes through multiplies its score by `|d|`
-        (the mean over the positions where the channel reaches the gain): the linear map
-        that produces the channel is the layer's followed by the gain, and a gain near 0
-        silences the channel whatever the layer's weights.
+        (the mean over the positions where the channel reaches the gain), its energy by
+        `d^2`: the linear map that produces the channel is the layer's followed by the
+        gain, and a gain near 0 silences the channel whatever the layer's weights.
         """
-        scores = {name: criterion.channel_scores(layer) for name, layer in self.producers.items()}
+        criterion = check_criterion(criterion)
+        if criterion == "activation":
+            if batches is None:
+                raise ValueError("The activation criterion needs `batches` of inputs to measure on.")
+            model = self.model if model is None else model
+            if id(model) not in self._probes:
+                self._probes[id(model)] = energy_probe(model, list(self.producers))
+            scores = activation_energy(self._probes[id(model)], batches)
+            power = 2
+        else:
+            scores = {name: channel_scores(layer) for name, layer in self.producers.items()}
+            power = 1
         for gain, atoms in self.gains:
-            magnitudes = gain.channel_scale()
+            magnitudes = gain.channel_scale() ** power
             reached = {}
             for atom, magnitude in zip(atoms, magnitudes):
                 for a in self.same_channel.get(atom, (atom,)):
@@ -258,7 +278,7 @@ class ChannelGraph:
         return scores
 
     def group_scores(self, scores):
-        """Mean of the mean weights of each group's channels."""
+        """Mean score of each group's channels."""
         return [
             sum(scores[self.owner[a][0]][self.owner[a][1]] for a in atoms) / len(atoms)
             for atoms in self.groups
@@ -293,8 +313,8 @@ class ChannelGraph:
         Args:
             scores: from `scores()`.
             fraction: prune this fraction of the groups of each component, the
-                ones with the smallest mean weight first.
-            tau: prune every group whose mean weight is below `tau`.
+                ones with the smallest score first.
+            tau: prune every group whose score is below `tau`.
             already: groups pruned before; they stay pruned.
             strict: with `tau`, raise when a layer would lose every channel;
                 otherwise keep its best group.
@@ -345,6 +365,6 @@ class ChannelGraph:
                 s = scores[name]
                 raise ValueError(
                     f"tau={tau:g} would remove all {len(s)} output channels of layer "
-                    f"'{name}' (their mean weights are {s.min():.3g} to {s.max():.3g}); "
+                    f"'{name}' (their scores are {s.min():.3g} to {s.max():.3g}); "
                     "at least one channel must stay: give a smaller tau."
                 )

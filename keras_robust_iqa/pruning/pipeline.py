@@ -19,6 +19,7 @@ from keras_robust_iqa import run_folder
 from keras_robust_iqa.layers.keras_rules import contract_of
 from keras_robust_iqa.pruning.callback import ChannelPruning
 from keras_robust_iqa.pruning.cost import count_flops, inference_latency, leaf_layers
+from keras_robust_iqa.pruning.criterion import check_criterion
 from keras_robust_iqa.pruning.graph import ChannelGraph
 from keras_robust_iqa.pruning.schedule import check_target, gradual_schedule
 from keras_robust_iqa.pruning.surgery import masked_model, prune
@@ -31,6 +32,15 @@ from keras_robust_iqa.training.trainer import (
 )
 
 STAGES = ("before", "after_pruning", "after_finetune")
+ACTIVATION_BATCHES = 4  # training batches the activation criterion measures on
+CRITERION_TEXT = {
+    "mean_weight": "mean |w| over each output channel's weights; for OrthoConv2D / OrthoDense the weights of "
+                   "the orthogonal operator they compute, times |d| of a ChannelGain that follows "
+                   "(see keras_robust_iqa.pruning.criterion)",
+    "activation": "mean squared output of each channel on {batches} batches of training patches, in the "
+                  "masked model as pruning goes, times d^2 of a ChannelGain that follows "
+                  "(see keras_robust_iqa.pruning.criterion)",
+}
 
 
 # The TrainConfig options that only build a model, at their defaults.
@@ -76,12 +86,15 @@ def _check_epochs(name, value):
 
 
 def prune_run(run, out, *, fraction=None, tau=None, prune_epochs=1, finetune_epochs=15,
-              learning_rate=None, verbose="auto"):
+              learning_rate=None, criterion="activation", distill_weight=0.0, verbose="auto"):
     """Prune the model of run folder `run`, fine-tune it, and write run folder `out`.
 
-    1. Mean-weight criterion: with `fraction`, that share of the prunable
-       channels of each tied set of layers, smallest mean weight first; with
-       `tau`, every channel whose mean weight is below `tau`.
+    1. The criterion scores each channel: `"activation"` (the default), its mean
+       squared output on `ACTIVATION_BATCHES` batches of training patches, or
+       `"mean_weight"`, the mean |w| of the weights that produce it (the paper's). With
+       `fraction`, that share of the prunable channels of each tied set of
+       layers goes, smallest score first; with `tau`, every channel scoring
+       below `tau`.
     2. `prune_epochs` of `model.fit` with channel masks, the fraction (or tau)
        ramped by a tfmot `PolynomialDecay` (`ThresholdDecay`), so the rest of
        the network adapts while channels go; 0 prunes at once.
@@ -89,7 +102,9 @@ def prune_run(run, out, *, fraction=None, tau=None, prune_epochs=1, finetune_epo
     4. `finetune_epochs` of `train` (same dataset settings as the run, the
        best epoch by validation SROCC kept), at `learning_rate` (default: the
        run's own: a network that lost a third of its channels has much to
-       relearn).
+       relearn). With `distill_weight` w > 0 each training patch's target is
+       `(1 - w) * MOS + w * the source model's score` (`TrainConfig.distill_from`
+       the source run): the pruned model is taught the function it was cut from.
 
     Returns:
         The report written to `pruning_report.json`.
@@ -97,6 +112,9 @@ def prune_run(run, out, *, fraction=None, tau=None, prune_epochs=1, finetune_epo
     fraction, tau = check_target(fraction, tau, prefix="--")
     _check_epochs("prune-epochs", prune_epochs)
     _check_epochs("finetune-epochs", finetune_epochs)
+    criterion = check_criterion(criterion)
+    if not 0 <= distill_weight <= 1:
+        raise ValueError(f"--distill-weight must be in [0, 1], got {distill_weight!r}.")
     if learning_rate is not None and not learning_rate > 0:
         raise ValueError(f"--learning-rate must be positive, got {learning_rate!r}.")
     if pathlib.Path(out).resolve() == pathlib.Path(run).resolve():
@@ -104,17 +122,20 @@ def prune_run(run, out, *, fraction=None, tau=None, prune_epochs=1, finetune_epo
     model, config = read_run(run)
     learning_rate = learning_rate or config.learning_rate
     graph = ChannelGraph(model)
-    initial_scores = graph.scores()
-    if tau is not None:
-        graph.select(initial_scores, tau=tau)  # a tau that empties a layer fails here, before any training
     # The model is built: the options that build one (robustify's, the backbone weights) no
     # longer apply, and the replace-only ones would fail validation without --robust replace.
     config = dataclasses.replace(config, learning_rate=learning_rate, **_BUILD_DEFAULTS)
+    keras.utils.set_random_seed(config.seed)
+    table, train_ds, val_ds = load_datasets(config)
+    batches = None
+    if criterion == "activation":  # a few fixed batches, in memory: every rescoring sees the same patches
+        batches = [x for x, *_ in train_ds.take(ACTIVATION_BATCHES).as_numpy_iterator()]
+    initial_scores = graph.scores(criterion, batches)
+    if tau is not None:
+        graph.select(initial_scores, tau=tau)  # a tau that empties a layer fails here, before any training
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
-    keras.utils.set_random_seed(config.seed)
-    table, train_ds, val_ds = load_datasets(config)
     stages = {"before": model_facts(model, table)}
 
     schedule = None
@@ -122,7 +143,7 @@ def prune_run(run, out, *, fraction=None, tau=None, prune_epochs=1, finetune_epo
         masked, masks = masked_model(model, graph)
         steps = prune_epochs * int(tf.data.experimental.cardinality(train_ds))
         schedule = gradual_schedule(max(steps, 1), fraction=fraction, tau=tau)
-        pruning = ChannelPruning(graph, masks, schedule)
+        pruning = ChannelPruning(graph, masks, schedule, criterion, batches)
         # The weights that set the bound uncapped (the layer contract's `bound_by_weights`)
         # stay as they are while channels are masked.
         frozen = [layer for layer in leaf_layers(model)
@@ -140,7 +161,7 @@ def prune_run(run, out, *, fraction=None, tau=None, prune_epochs=1, finetune_epo
         pruned_groups = pruning.pruned
     else:
         pruned_groups = graph.select(initial_scores, fraction=fraction, tau=tau)
-    final_scores = graph.scores()
+    final_scores = graph.scores(criterion, batches)
     pruned = prune(model, graph=graph, groups=pruned_groups)
     (out / "pruned").mkdir(exist_ok=True)
     pruned.save(out / "pruned" / "model.keras")
@@ -148,7 +169,8 @@ def prune_run(run, out, *, fraction=None, tau=None, prune_epochs=1, finetune_epo
 
     metrics = {}
     if finetune_epochs:
-        finetune = dataclasses.replace(config, init_from=str(out / "pruned"), epochs=finetune_epochs)
+        teacher = dict(distill_from=str(run), distill_weight=distill_weight) if distill_weight else {}
+        finetune = dataclasses.replace(config, init_from=str(out / "pruned"), epochs=finetune_epochs, **teacher)
         metrics = train(finetune, out, verbose=verbose)
         stages["after_finetune"] = model_facts(run_folder.load_model(out), table, metrics)
     else:
@@ -156,15 +178,16 @@ def prune_run(run, out, *, fraction=None, tau=None, prune_epochs=1, finetune_epo
         run_folder.write_config(out, dataclasses.asdict(config))
         stages["after_finetune"] = stages["after_pruning"]
 
-    report = _report(run, graph, pruned_groups, final_scores, stages, fraction=fraction, tau=tau,
-                     prune_epochs=prune_epochs, finetune_epochs=finetune_epochs,
-                     learning_rate=learning_rate, schedule=schedule)
+    report = _report(run, graph, pruned_groups, final_scores, stages, criterion=criterion, fraction=fraction,
+                     tau=tau, prune_epochs=prune_epochs, finetune_epochs=finetune_epochs,
+                     learning_rate=learning_rate, distill_weight=distill_weight, schedule=schedule)
     final = stages["after_finetune"]
     metrics |= {k: final[k] for k in ("test", "val", "params", "flops", "lipschitz_bound")}
     run_folder.write_metrics(out, metrics)
     saved_config = run_folder.read_config(out)
-    saved_config["pruning"] = {k: report[k] for k in ("source_run", "fraction", "tau", "prune_epochs",
-                                                       "finetune_epochs", "learning_rate", "schedule")}
+    saved_config["pruning"] = {k: report[k] for k in ("source_run", "criterion", "fraction", "tau", "prune_epochs",
+                                                       "finetune_epochs", "learning_rate", "distill_weight",
+                                                       "schedule")}
     run_folder.write_config(out, saved_config)
     run_folder.write_json(out / "pruning_report.json", report)
     (out / "pruning_report.md").write_text(report_markdown(report))
@@ -172,7 +195,7 @@ def prune_run(run, out, *, fraction=None, tau=None, prune_epochs=1, finetune_epo
     return report
 
 
-def _report(run, graph, pruned_groups, scores, stages, *, schedule, **settings):
+def _report(run, graph, pruned_groups, scores, stages, *, schedule, criterion, **settings):
     layers = {}
     for name in graph.producers:
         kept = graph.kept_positions(graph.outputs_of[name], pruned_groups)
@@ -180,18 +203,17 @@ def _report(run, graph, pruned_groups, scores, stages, *, schedule, **settings):
         layers[name] = {
             "channels_before": len(s),
             "channels_after": len(kept),
-            "mean_weight_min": float(s.min()),
-            "mean_weight_max": float(s.max()),
-            "largest_pruned_mean_weight": float(np.max(np.delete(s, kept))) if len(kept) < len(s) else None,
+            "score_min": float(s.min()),
+            "score_max": float(s.max()),
+            "largest_pruned_score": float(np.max(np.delete(s, kept))) if len(kept) < len(s) else None,
         }
     pruned_channels = sum(len(graph.groups[g]) for g in pruned_groups)
     return {
         "source_run": str(run),
+        "criterion": criterion,
         **settings,
         "schedule": schedule.get_config() if schedule is not None else None,
-        "criterion": "mean |w| over each output channel's weights; for OrthoConv2D / OrthoDense the "
-                     "weights of the orthogonal operator they compute, times |d| of a ChannelGain that follows "
-                     "(see keras_robust_iqa.pruning.criterion)",
+        "criterion_text": CRITERION_TEXT[criterion].format(batches=ACTIVATION_BATCHES),
         "prunable_channels": graph.prunable_channels,
         "pruned_channels": pruned_channels,
         "pruned_fraction": pruned_channels / graph.prunable_channels,
@@ -248,19 +270,21 @@ def report_markdown(report):
         "",
         f"Target: {target}; pruned {report['pruned_channels']} of {report['prunable_channels']} prunable "
         f"channels ({100 * report['pruned_fraction']:.1f} %); {report['prune_epochs']} masked epoch(s), "
-        f"{report['finetune_epochs']} fine-tuning epoch(s) at learning rate {report['learning_rate']:g}.",
+        f"{report['finetune_epochs']} fine-tuning epoch(s) at learning rate {report['learning_rate']:g}"
+        + (f", towards (1 - {report['distill_weight']:g}) MOS + {report['distill_weight']:g} x the unpruned "
+           "model's scores." if report["distill_weight"] else ", on the MOS."),
         "",
         "| | before | after pruning | after fine-tuning |",
         "|---|---|---|---|",
     ]
     for label, get in rows:
         lines.append(f"| {label} | " + " | ".join(_fmt(get(stages[s])) for s in STAGES) + " |")
-    lines += ["", f"Criterion: {report['criterion']}.", "",
-              "| layer | channels before | after | mean weights | largest pruned |", "|---|---|---|---|---|"]
+    lines += ["", f"Criterion ({report['criterion']}): {report['criterion_text']}.", "",
+              "| layer | channels before | after | scores | largest pruned |", "|---|---|---|---|---|"]
     for name, layer in report["layers"].items():
         lines.append(
             f"| {name} | {layer['channels_before']} | {layer['channels_after']} | "
-            f"{_fmt(layer['mean_weight_min'], 3)} to {_fmt(layer['mean_weight_max'], 3)} | "
-            f"{_fmt(layer['largest_pruned_mean_weight'], 3)} |"
+            f"{_fmt(layer['score_min'], 3)} to {_fmt(layer['score_max'], 3)} | "
+            f"{_fmt(layer['largest_pruned_score'], 3)} |"
         )
     return "\n".join(lines) + "\n"

@@ -90,18 +90,20 @@ def _copy_sliced(old, new, kept_in, kept_out):
     contract_of(old).slice_channels(new, kept_in, kept_out)
 
 
-def prune(model, fraction=None, *, tau=None, graph=None, groups=None, strict=True):
+def prune(model, fraction=None, *, tau=None, graph=None, groups=None, strict=True, criterion="mean_weight",
+          batches=None):
     """The smaller model: `model` without its lowest-scoring channels.
 
-    The mean-weight criterion (`ChannelGraph.scores`) ranks the channels that can go
-    (tied channels go together, as groups); `model` is left unchanged.
+    `criterion` (`ChannelGraph.scores`: `"mean_weight"`, or `"activation"` measured on
+    `batches` of inputs) ranks the channels that can go (tied channels go together, as
+    groups); `model` is left unchanged.
 
     Args:
         model: any functional or Sequential Keras model (nested models are opened up:
             the result is one flat functional model).
         fraction: prune this fraction of the prunable groups of each set of tied
-            layers, the smallest mean weight first.
-        tau: prune every group whose mean weight is below `tau`.
+            layers, the smallest score first.
+        tau: prune every group whose score is below `tau`.
         graph: the model's `ChannelGraph`, if already built.
         groups: prune exactly these groups of `graph` (e.g. chosen by a
             `ChannelPruning` callback) instead of `fraction` / `tau`.
@@ -121,5 +123,5 @@ def prune(model, fraction=None, *, tau=None, graph=None, groups=None, strict=Tru
     if graph is None:
         graph = ChannelGraph(model)
     if groups is None:
-        groups = graph.select(graph.scores(), fraction=fraction, tau=tau, strict=strict)
+        groups = graph.select(graph.scores(criterion, batches), fraction=fraction, tau=tau, strict=strict)
     return prune_model(model, graph, groups)

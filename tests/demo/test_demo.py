@@ -49,26 +49,33 @@ def test_summary_table_reads_the_attack_at_its_budget():
     assert row == "| labels (MS-SSIM against the pristine crop) | - | - | - | - | 0.0625 | - | - |"
 
 
-def _model(srocc, gain=None, within=None, over=None):
+def _model(srocc, gain=None, within=None, over=None, params=1000):
     attacks = {} if gain is None else {"ifgsm@4/255": {"attack": "ifgsm", "eps": 4 / 255, "abs_gain_raw": gain,
                                                        "within_certified_bound": within, "max_gain_over_bound": over}}
-    return {"test": {"srocc": srocc}, "attacks": attacks}
+    return {"test": {"srocc": srocc}, "attacks": attacks, "params": params}
 
 
 def test_floor_checks_say_what_was_measured_and_whether_it_holds():
     report = {"models": {"base": _model(0.8, 0.3), "replace": _model(0.76, 0.05, True, 0.25),
-                         "replace-pruned": _model(0.7, 0.06, True, 0.5)}}
-    srocc, gain, bound = demo.floor_checks(report)
+                         "replace-pruned": _model(0.745, 0.06, True, 0.5, params=700)}}
+    srocc, gain, bound, pruned = demo.floor_checks(report)
     assert srocc["measured"] == pytest.approx(0.95) and srocc["met"] is True
     assert gain["measured"] == pytest.approx(6.0) and gain["met"] is True
     assert bound["measured"] == 0.5 and bound["met"] is True and bound["values"]["rows"] == 2
-    text = demo.checks_text([srocc, gain, bound])
+    assert pruned["measured"] == pytest.approx(0.015) and pruned["met"] is True
+    text = demo.checks_text([srocc, gain, bound, pruned])
     assert "`replace` test SROCC 0.760 is 0.95x the base's 0.800 (floor: 0.9x): **met**" in text
     assert "ifgsm 4/255 gain: base 0.3, `replace` 0.05, 6x lower (floor: 3x): **met**" in text
+    assert ("`replace-pruned` test SROCC 0.745 is 0.015 below `replace`'s 0.760 (floor: within 0.02) with "
+            "30 % fewer parameters (floor: 25 %): **met**") in text
+    # Pruning that costs more than 0.02, or removes too little, misses the floor.
+    for srocc_after, params in ((0.73, 700), (0.755, 800)):
+        report["models"]["replace-pruned"] = _model(srocc_after, params=params)
+        assert demo.floor_checks(report)[3]["met"] is False
 
     # Below a floor, and an image outside its bound, are said so.
     report["models"]["replace"] = _model(0.6, 0.2, False, 1.5)
-    srocc, gain, bound = demo.floor_checks(report)
+    srocc, gain, bound, _ = demo.floor_checks(report)
     assert (srocc["met"], gain["met"], bound["met"]) == (False, False, False)
     assert bound["values"]["outside"] == ["replace ifgsm@4/255"]
     assert demo.checks_text([bound]).endswith("outside: replace ifgsm@4/255: **not met**")
@@ -175,6 +182,10 @@ def test_demo_runs_every_stage_resumes_after_an_interruption_and_reports_what_it
     assert report["models"]["replace-pruned"]["params"] < report["models"]["replace"]["params"]
     assert report["models"]["replace"]["conv"] == "block"
     assert [c["met"] for c in report["checks"]][1] is None  # I-FGSM did not run
+    pruning = report["checks"][3]  # measured from the two run folders, whether met or not
+    assert pruning["values"]["replace-pruned"] == report["models"]["replace-pruned"]["test"]["srocc"]
+    assert pruning["values"]["fewer_params"] == pytest.approx(
+        1 - report["models"]["replace-pruned"]["params"] / report["models"]["replace"]["params"])
     assert "## Checks" in (out / "report.md").read_text()
     for row in ("| base |", "| replace-pruned |"):
         assert row in (out / "report.md").read_text()

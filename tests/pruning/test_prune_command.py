@@ -71,7 +71,11 @@ def test_prune_writes_a_run_folder_and_a_report(tiny_run, pruned_run):
         assert -1 <= stage["test"]["srocc"] <= 1 and -1 <= stage["test"]["plcc"] <= 1
     config = json.loads((pruned_run / "config.json").read_text())
     assert config["pruning"]["fraction"] == 0.4 and config["pruning"]["schedule"]["class_name"] == "PolynomialDecay"
+    assert report["criterion"] == config["pruning"]["criterion"] == "activation"  # the default
+    for layer in report["layers"].values():  # every score an energy, a mean of squares
+        assert 0 <= layer["score_min"] <= layer["score_max"]
     markdown = (pruned_run / "pruning_report.md").read_text()
+    assert "Criterion (activation): mean squared output" in markdown
     assert "| parameters | " in markdown and "after fine-tuning" in markdown
     widths = {name: layer["channels_after"] for name, layer in report["layers"].items()}
     # round(0.4 * MaxMin pairs) of each layer: 2 of 4, 3 of 8, 2 of 4; the output stays.
@@ -102,8 +106,33 @@ def test_a_distilled_run_is_pruned_and_fine_tuned_on_its_teachers_targets(tiny_r
     assert (saved["distill_from"], saved["distill_weight"]) == (str(teacher), 0.3)
 
 
+def test_fine_tuning_towards_the_unpruned_model(tiny_run, tmp_path, monkeypatch):
+    from keras_robust_iqa import data
+    from keras_robust_iqa.training import trainer
+
+    config = json.loads((tiny_run / "config.json").read_text())
+    table = data.load_table("csv", config["data_dir"])
+    source = tmp_path / "source"
+    shutil.copytree(tiny_run, source)
+    (source / "config.json").write_text(
+        json.dumps(config | {"dataset_name": table.name, "mos_range": list(table.mos_range)}))
+    seen = []
+    real = trainer.distillation_targets
+    monkeypatch.setattr(trainer, "distillation_targets",
+                        lambda dataset, model, weight: seen.append(weight) or real(dataset, model, weight))
+    out = tmp_path / "pruned"
+    assert cli.main(["prune", "--run", str(source), "--fraction", "0.4", "--prune-epochs", "0",
+                     "--finetune-epochs", "1", "--distill-weight", "1", "--out", str(out)]) == 0
+    assert seen == [1.0]  # only the fine-tuning, towards the source model's own scores
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["distill_from"], saved["distill_weight"]) == (str(source), 1.0)
+    assert saved["pruning"]["distill_weight"] == 1.0
+    assert "x the unpruned model's scores" in (out / "pruning_report.md").read_text()
+
+
 def test_a_relu_replace_run_with_channel_gains_is_pruned_and_fine_tuned(tiny_run, tmp_path):
     # The options that built the model must not fail the fine-tuning's config validation.
+    # Scored by the mean weight, the paper's criterion, while the masks close.
     config = json.loads((tiny_run / "config.json").read_text())
     run = tmp_path / "relu-gains"
     run.mkdir()
@@ -112,10 +141,13 @@ def test_a_relu_replace_run_with_channel_gains_is_pruned_and_fine_tuned(tiny_run
               channel_gains=True).save(run / "model.keras")
     (run / "config.json").write_text(json.dumps(config | {"robust_activation": "relu", "robust_channel_gains": True}))
     out = tmp_path / "pruned"
-    assert cli.main(["prune", "--run", str(run), "--fraction", "0.3", "--prune-epochs", "0",
-                     "--finetune-epochs", "1", "--out", str(out)]) == 0
+    assert cli.main(["prune", "--run", str(run), "--fraction", "0.3", "--prune-epochs", "1",
+                     "--finetune-epochs", "1", "--criterion", "mean_weight", "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert -1 <= metrics["test"]["srocc"] <= 1 and metrics["lipschitz_bound"] > 0
+    report = json.loads((out / "pruning_report.json").read_text())
+    assert report["criterion"] == json.loads((out / "config.json").read_text())["pruning"]["criterion"] == "mean_weight"
+    assert "Criterion (mean_weight): mean |w|" in (out / "pruning_report.md").read_text()
     model = keras.saving.load_model(out / "model.keras", safe_mode=True)
     assert any(isinstance(layer, keras.layers.ReLU) for layer in model.layers)
 
@@ -135,6 +167,7 @@ def test_pruned_model_reloads_safely_and_trains(pruned_run):
     (["--tau", "1e9"], r"would remove all \d+ output channels of layer"),
     (["--tau", "-1"], "--tau must be a positive number"),
     (["--fraction", "0.3", "--finetune-epochs", "-1"], "--finetune-epochs must be an integer >= 0"),
+    (["--fraction", "0.3", "--distill-weight", "1.5"], r"--distill-weight must be in \[0, 1\]"),
 ])
 def test_bad_values_are_clear_errors(tiny_run, tmp_path, capsys, args, message):
     assert cli.main(["prune", "--run", str(tiny_run), *args, "--out", str(tmp_path / "out")]) == 2
@@ -158,14 +191,15 @@ def test_out_must_not_be_the_run(tiny_run, capsys):
     assert "--out must be a new run folder" in capsys.readouterr().err
 
 
-def test_exactly_one_target_and_every_option_explained(capsys):
-    for args in ([], ["--fraction", "0.3", "--tau", "0.01"]):
+def test_exactly_one_target_a_known_criterion_and_every_option_explained(capsys):
+    for args in ([], ["--fraction", "0.3", "--tau", "0.01"], ["--fraction", "0.3", "--criterion", "energy"]):
         with pytest.raises(SystemExit) as info:
             cli.main(["prune", "--run", "r", "--out", "o", *args])
         assert info.value.code == 2
-    capsys.readouterr()
+    assert "argument --criterion: invalid choice: 'energy'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["prune", "--help"])
     text = capsys.readouterr().out
-    for option in ("--run", "--fraction", "--tau", "--prune-epochs", "--finetune-epochs", "--learning-rate", "--out"):
+    for option in ("--run", "--fraction", "--tau", "--criterion", "--prune-epochs", "--finetune-epochs",
+                   "--learning-rate", "--distill-weight", "--out"):
         assert option in text
