@@ -9,6 +9,7 @@ def add_parser(subparsers):
         DEFENSES,
         LOSSES,
         LR_SCHEDULES,
+        OUTPUT_SCALES,
         ROBUST_ACTIVATIONS,
         ROBUST_CONVOLUTIONS,
         ROBUST_MODES,
@@ -30,8 +31,10 @@ def add_parser(subparsers):
                    help="dataset format to read (default: builtin, made from scikit-image's photographs)")
     p.add_argument("--data-dir", help="dataset folder (for csv: the CSV file or a folder with mos.csv); "
                    "for builtin: an optional cache folder")
-    p.add_argument("--model", default=d.model, choices=("small", "resnet50", "mobilenetv3", "efficientnetv2b0"),
-                   help="base model (default: small, a CNN that trains on a CPU in minutes)")
+    p.add_argument("--model", default=d.model, choices=("small", "sll", "resnet50", "mobilenetv3", "efficientnetv2b0"),
+                   help="model: small (a CNN that trains on a CPU in minutes), sll (a network 1-Lipschitz by "
+                   "construction, residual SLL layers, certified without --robust) or a keras.applications "
+                   f"backbone (default: {d.model})")
     p.add_argument("--width", type=float, default=d.width,
                    help="multiply the small model's channels and head units by this factor, e.g. 2 for "
                    f"twice as wide (default: {d.width:g}; the backbones keep their own widths)")
@@ -58,6 +61,15 @@ def add_parser(subparsers):
                    help="follow each orthogonal layer of --robust replace models by learnable "
                    "per-channel gains in [-1, 1] (still 1-Lipschitz; orthogonal layers alone cannot "
                    "weigh their channels; see docs/experiments.md) (default: off)")
+    p.add_argument("--robust-bottleneck", type=int, metavar="N",
+                   help="--robust insert only: each RobustBlock narrows to N channels (a 1x1 1-Lipschitz "
+                   "convolution) and widens back (the --robust-conv convolution), as the paper's block "
+                   "narrows to 200; fewer parameters than a full-width block (default: full width)")
+    p.add_argument("--output-scale", default=d.output_scale, choices=OUTPUT_SCALES,
+                   help="the OutputScale ending --model sll and --robust replace models (the certificate "
+                   "reads it): learned (starts at 1), labels (starts so that the outputs match the "
+                   "training labels' mean and spread, then learned) or fixed (set so, then frozen) "
+                   f"(default: {d.output_scale})")
     p.add_argument("--weights", help="backbone weights: 'imagenet' or a weights file (backbones only)")
     p.add_argument("--init-from", metavar="RUN", help="start from the model of this run folder")
     p.add_argument("--distill-from", metavar="RUN",
@@ -134,7 +146,8 @@ def run(args):
     config = TrainConfig(
         dataset=args.dataset, data_dir=args.data_dir, model=args.model, width=args.width, robust=args.robust,
         robust_conv=args.robust_conv, robust_activation=args.robust_activation, robust_pooling=args.robust_pooling,
-        robust_channel_gains=args.robust_channel_gains, weights=args.weights, init_from=args.init_from,
+        robust_channel_gains=args.robust_channel_gains, robust_bottleneck=args.robust_bottleneck,
+        output_scale=args.output_scale, weights=args.weights, init_from=args.init_from,
         distill_from=args.distill_from, distill_weight=args.distill_weight, epochs=args.epochs,
         batch_size=args.batch_size, patch_size=args.patch_size,
         patches_per_image=args.patches_per_image,

@@ -26,7 +26,12 @@ from keras_robust_iqa import data as iqa_data
 from keras_robust_iqa import models as iqa_models
 from keras_robust_iqa import run_folder
 from keras_robust_iqa.training import losses as iqa_losses
-from keras_robust_iqa.training.calibration import CORRELATION_LOSSES, calibrate_to_mos
+from keras_robust_iqa.training.calibration import (
+    CORRELATION_LOSSES,
+    OUTPUT_SCALES,
+    calibrate_to_mos,
+    fit_output_scale,
+)
 from keras_robust_iqa.training.callbacks import WholeImageValidation
 from keras_robust_iqa.training.correlation import correlations, correlations_by_distortion
 from keras_robust_iqa.training.defenses import DEFENSES, InnerModelCheckpoint, defend
@@ -64,6 +69,11 @@ class TrainConfig:
     robust_pooling: str = "l2norm"
     # Per-channel gains in [-1, 1] after each orthogonal layer (models.robustify's `channel_gains`).
     robust_channel_gains: bool = False
+    # insert's RobustBlocks narrow to this many channels and widen back (robustify's `bottleneck`).
+    robust_bottleneck: int | None = None
+    # How the OutputScale ending an sll or replace model starts and trains
+    # (training.calibration.OUTPUT_SCALES): learned from 1, or set from the labels (then learned, or fixed).
+    output_scale: str = "learned"
     weights: str | None = None
     init_from: str | None = None
     # A run folder whose model's patch scores are mixed into the training targets, with
@@ -101,9 +111,11 @@ class TrainConfig:
             raise ValueError(f"--model must be one of {iqa_models.MODEL_NAMES}, got {self.model!r}.")
         if not (isinstance(self.width, (int, float)) and self.width > 0):
             raise ValueError(f"--width must be a positive multiplier, got {self.width!r}.")
-        if self.width != 1 and self.model != "small":
-            raise ValueError(f"--width {self.width} needs --model small (the backbones keep their "
+        if self.width != 1 and self.model not in ("small", "sll"):
+            raise ValueError(f"--width {self.width} needs --model small or sll (the backbones keep their "
                              f"published widths), got --model {self.model}.")
+        if self.model == "sll" and self.robust:
+            raise ValueError(f"--model sll is 1-Lipschitz already: leave out --robust, got --robust {self.robust}.")
         if self.robust not in (None, *ROBUST_MODES):
             raise ValueError(f"--robust must be one of {ROBUST_MODES}, got {self.robust!r}.")
         if self.robust_conv not in ROBUST_CONVOLUTIONS:
@@ -122,6 +134,18 @@ class TrainConfig:
         if self.robust_channel_gains and self.robust != "replace":
             raise ValueError(f"--robust-channel-gains needs --robust replace (insert's blocks are "
                              f"orthogonal), got --robust {self.robust}.")
+        if self.robust_bottleneck is not None:
+            if not isinstance(self.robust_bottleneck, int) or self.robust_bottleneck < 2 or self.robust_bottleneck % 2:
+                raise ValueError(f"--robust-bottleneck must be an even number of channels >= 2 (GroupSort pairs "
+                                 f"them), got {self.robust_bottleneck!r}.")
+            if self.robust != "insert":
+                raise ValueError(f"--robust-bottleneck needs --robust insert (replace keeps the model's widths), "
+                                 f"got --robust {self.robust}.")
+        if self.output_scale not in OUTPUT_SCALES:
+            raise ValueError(f"--output-scale must be one of {OUTPUT_SCALES}, got {self.output_scale!r}.")
+        if self.output_scale != "learned" and not (self.model == "sll" or self.robust == "replace"):
+            raise ValueError(f"--output-scale {self.output_scale} needs a model that ends with an OutputScale "
+                             f"(--model sll or --robust replace), got --model {self.model} --robust {self.robust}.")
         if self.fresh_distortions and self.dataset != "builtin":
             raise ValueError(f"--fresh-distortions draws from the built-in dataset's pristine crops; "
                              f"--dataset {self.dataset} has none.")
@@ -196,6 +220,7 @@ def build(config):
         model = iqa_models.robustify(model, mode=config.robust, conv=config.robust_conv,
                                      activation=config.robust_activation, pooling=config.robust_pooling,
                                      channel_gains=config.robust_channel_gains,
+                                     bottleneck=config.robust_bottleneck,
                                      keep_weights=trained or config.robust == "insert")
     return model
 
@@ -270,7 +295,11 @@ def train(config, out, *, verbose="auto", callbacks=()):
     out.mkdir(parents=True, exist_ok=True)
 
     with strategy.scope():
-        model = defend(build(config), config.defense, eps=config.defense_eps,
+        model = build(config)
+        scale_fit = None
+        if config.output_scale != "learned":
+            scale_fit = fit_output_scale(model, train_ds, trainable=config.output_scale == "labels")
+        model = defend(model, config.defense, eps=config.defense_eps,
                        nt_lambda=config.nt_lambda, nt_h=config.nt_h,
                        scale_free_loss=config.loss in CORRELATION_LOSSES)
         steps_per_epoch = math.ceil(
@@ -329,6 +358,7 @@ def train(config, out, *, verbose="auto", callbacks=()):
         "lipschitz_bound": _bound_or_none(best),
         "train_seconds": round(seconds, 1),
         "mos_calibration": calibration,
+        "output_scale_fit": scale_fit,
     }
     run_folder.write_metrics(out, metrics)
     return metrics
