@@ -8,8 +8,9 @@ def sll_iqa_net(patch_size=64, widths=(16, 32, 64), depth=2, head_units=32, name
 
     Built as a 1-Lipschitz network rather than swapped in layer by layer (`robustify`):
     inputs centred on mid-grey (a shift), a 2x2 space-to-depth (`InvertibleDownsampling`, a
-    permutation: no convolution runs at full resolution, which sets the cost) and a 3x3
-    `AOLConv2D` stem to `widths[0]` channels, then one stage per width of `depth` residual
+    permutation: no convolution runs at full resolution, which sets the cost) and a 1x1
+    `AOLConv2D` stem to `widths[0]` channels (1x1: an orthogonal start is an isometry, where a
+    3x3 AOL kernel's rescaling divides the signal by about 4), then one stage per width of `depth` residual
     `SLLConv2D` layers (3x3), the stages joined by a space-to-depth and a 1x1 `AOLConv2D` to
     the next width; `GlobalL2NormPooling2D`; a head `OrthoDense(head_units)`, `MaxMin`,
     `OrthoDense(1)`; and one learnable `OutputScale`, the network's only gain. Every layer
@@ -42,7 +43,7 @@ def sll_iqa_net(patch_size=64, widths=(16, 32, 64), depth=2, head_units=32, name
     # Zero padding reads as black: centring the inputs keeps the borders from looking like edges.
     x = keras.layers.Rescaling(1.0, offset=-0.5, name="centre")(inputs)
     x = robust_layers.InvertibleDownsampling(2, name="down0")(x)
-    x = robust_layers.AOLConv2D(int(widths[0]), 3, name="stem")(x)
+    x = robust_layers.AOLConv2D(int(widths[0]), 1, name="stem")(x)
     for i, width in enumerate(widths):
         if i:
             x = robust_layers.InvertibleDownsampling(2, name=f"down{i}")(x)
