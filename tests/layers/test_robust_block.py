@@ -131,3 +131,5 @@ def test_bottleneck_block_is_1_lipschitz_and_narrow(conv):
         y = block(x, training=False)
     jac = np.asarray(tape.jacobian(y, x)).reshape(288, 288)
     assert 0.1 < np.linalg.norm(jac, 2) <= 1.0 + 1e-4
+    # Exported as plain ops, it computes the same.
+    np.testing.assert_allclose(np.asarray(block.lowered()(x)), np.asarray(y), atol=1e-5)
