@@ -84,8 +84,10 @@ class RobustBlock(contract.LayerContract, keras.layers.Layer):
         inner = filters if self.bottleneck is None else self.bottleneck
         self.conv, self.activation = part(inner, kernel_size, "conv", "groupsort", strides)
         # The bottleneck's 1x1 convolutions, narrowing before `conv` and widening after it.
-        self.reduce, self.reduce_activation = (None, None) if self.bottleneck is None else part(inner, 1, "reduce", "groupsort_reduce")
-        self.expand, self.expand_activation = (None, None) if self.bottleneck is None else part(filters, 1, "expand", "groupsort_expand")
+        self.reduce = self.reduce_activation = self.expand = self.expand_activation = None
+        if self.bottleneck is not None:
+            self.reduce, self.reduce_activation = part(inner, 1, "reduce", "groupsort_reduce")
+            self.expand, self.expand_activation = part(filters, 1, "expand", "groupsort_expand")
         if not 0.0 < residual_init < 1.0:
             raise ValueError(
                 f"Argument `residual_init` must be in (0, 1), got residual_init={residual_init!r}."
