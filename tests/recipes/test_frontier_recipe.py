@@ -61,7 +61,7 @@ def test_the_models_of_the_comparison(recipe):
     assert (configs["replace-nt"].defense, configs["replace-nt"].nt_lambda, configs["replace-nt"].width) == \
         ("nt", recipe.REPLACE_NT_LAMBDA, 1.0)
     assert (configs["sll"].model, configs["sll"].robust, configs["sll"].loss, configs["sll"].output_scale) == \
-        ("sll", None, "mse", "labels")
+        ("sll", None, "mse", "learned")
     assert (configs["insert-b16"].robust, configs["insert-b16"].robust_bottleneck) == ("insert", 16)
     assert list(recipe.model_overrides((0.5,), 0.1))[1] == "base-nt0.5"
 
