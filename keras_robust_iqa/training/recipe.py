@@ -13,7 +13,7 @@ import dataclasses
 import json
 import sys
 
-from keras_robust_iqa.models import MODEL_NAMES
+from keras_robust_iqa.models import BACKBONES, MODEL_NAMES
 from keras_robust_iqa.training.trainer import (
     ROBUST_ACTIVATIONS,
     ROBUST_CONVOLUTIONS,
@@ -82,8 +82,8 @@ def run_recipe(config, argv=None, description=None):
 
 def _apply(config, args):
     robust = None if args.robust == "none" else args.robust
-    # Pretrained weights are the backbones'; the small model always starts from scratch.
-    weights = config.weights if args.model != "small" else None
+    # Pretrained weights are the backbones'; the small and sll models always start from scratch.
+    weights = config.weights if args.model in BACKBONES else None
     config = dataclasses.replace(config, data_dir=args.data_dir, model=args.model, robust=robust,
                                  robust_conv=args.robust_conv, robust_activation=args.robust_activation,
                                  robust_pooling=args.robust_pooling,
