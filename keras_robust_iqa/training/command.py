@@ -62,9 +62,10 @@ def add_parser(subparsers):
                    "per-channel gains in [-1, 1] (still 1-Lipschitz; orthogonal layers alone cannot "
                    "weigh their channels; see docs/experiments.md) (default: off)")
     p.add_argument("--robust-bottleneck", type=int, metavar="N",
-                   help="--robust insert only: each RobustBlock narrows to N channels (a 1x1 1-Lipschitz "
-                   "convolution) and widens back (the --robust-conv convolution), as the paper's block "
-                   "narrows to 200; fewer parameters than a full-width block (default: full width)")
+                   help="--robust insert only: each RobustBlock narrows to N channels (an even number) by a "
+                   "1x1 convolution, applies its --robust-conv convolution at N channels and widens back by "
+                   "a 1x1 one, all 1-Lipschitz, as the paper's block narrows to 200: far fewer parameters "
+                   "than a full-width block on wide stages (default: full width)")
     p.add_argument("--output-scale", default=d.output_scale, choices=OUTPUT_SCALES,
                    help="the OutputScale ending --model sll and --robust replace models (the certificate "
                    "reads it): learned (starts at 1), labels (starts so that the outputs match the "

@@ -98,9 +98,10 @@ def robustify(model, mode="replace", *, conv="block", after=None, keep_weights=T
         group_size: GroupSort group size for the new activations.
         bottleneck: for `"insert"`, None (each RobustBlock keeps its stage's full width) or
             the channels `N` each block narrows to and widens back from (the paper's block
-            narrows to 200): a 1x1 1-Lipschitz convolution to `N`, GroupSort, the `conv`
-            convolution back to the stage's width. A block then holds about
-            `C N (1 + k^2)` weights instead of `C^2 k^2`, and stays 1-Lipschitz.
+            narrows to 200): a 1x1 1-Lipschitz convolution to `N`, the `conv`
+            convolution at `N` channels and a 1x1 one back to the stage's width `C`, each
+            followed by GroupSort. A block then holds about `2 C N + N^2 k^2` weights
+            instead of `C^2 k^2`, and stays 1-Lipschitz.
         input_offset: for `"replace"`, added to the inputs by a
             `Rescaling(1, offset=input_offset)` first layer (`None`: none),
             before each layer of the top-level model that reads them, unless
