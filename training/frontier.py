@@ -1,7 +1,7 @@
 """The accuracy-robustness frontier on the built-in dataset: `replace` models against the
 data-driven defenses, on three seeds, at equal training time (issue 23).
 
-    python training/frontier.py --out runs/frontier              # 9 models x 3 seeds, then the evaluation
+    python training/frontier.py --out runs/frontier              # 11 models x 3 seeds, then the evaluation
     python training/frontier.py --quick --out runs/frontier-quick   # a smoke test (1 seed, 1 epoch, 2 models)
 
 The models, each trained on every seed of `--seeds` into OUT/runs/NAME-sSEED:
@@ -12,7 +12,11 @@ The models, each trained on every seed of `--seeds` into OUT/runs/NAME-sSEED:
 - `base-adv`: base + FGSM adversarial training at 4/255;
 - `replace-w1`, `replace-w2`, `replace-w4`: `replace` with BlockOrthoConv2D
   (`robust_conv="block"`) at widths x1, x2 and x4;
-- `replace-nt`: `replace-w1` + NT at lambda `--replace-nt-lambda`.
+- `replace-nt`: `replace-w1` + NT at lambda `--replace-nt-lambda`;
+- `sll`: the network 1-Lipschitz by construction (`--model sll`: AOL stem, residual SLL
+  layers), MSE, learning rate 3e-3, its output scale learned from 1 (`SLL`);
+- `insert-b16`: `insert` with RobustBlocks that narrow to 16 channels and widen back
+  (`--robust-bottleneck 16`, the paper's block narrows to 200), from scratch like the others.
 The `replace` models use this recipe's settings for the block convolution: ReLU
 (`robust_activation="relu"`), the MSE loss and learning rate 3e-3.
 
@@ -26,7 +30,7 @@ move with the machine's load; `--plan FILE` takes the epochs of another folder's
 per-epoch validation is not counted: it scores the same images for every model. Each run's
 `config.json` records its epochs and `metrics.json` the seconds its training took;
 OUT/frontier.json puts the planned and the measured seconds side by side. The whole comparison
-is 27 runs of about the base's training time each, plus their validation: hours on a CPU.
+is 33 runs of about the base's training time each, plus their validation: hours on a CPU.
 
 Then `evaluate_runs` attacks every run (`--attacks`, `--eps`, `--images`) with the labels' own
 gain on the built-in data, into OUT/evaluation: report.json (with `frontier`: I-FGSM at 4/255,
@@ -50,6 +54,10 @@ ROOT = pathlib.Path(__file__).resolve().parent
 BASE = runpy.run_path(str(ROOT / "builtin.py"))["CONFIG"]
 # The replace recipe for BlockOrthoConv2D (the recipe's settings, see the docstring).
 REPLACE = dict(robust="replace", robust_conv="block", robust_activation="relu", loss="mse", learning_rate=3e-3)
+# The sll network's recipe: the output scale learned from 1, with MSE (docs/experiments.md: a scale
+# set from the labels was 9x to 15x as easy to inflate, with no steady gain in ranking).
+SLL = dict(model="sll", loss="mse", learning_rate=3e-3, output_scale="learned")
+INSERT_BOTTLENECK = 16
 NT_LAMBDAS = (1.0, 3.0, 10.0)
 REPLACE_NT_LAMBDA = 1e-3
 WIDTHS = (1, 2, 4)
@@ -69,6 +77,8 @@ def model_overrides(nt_lambdas=NT_LAMBDAS, replace_nt_lambda=REPLACE_NT_LAMBDA):
     for width in WIDTHS:
         models[f"replace-w{width:g}"] = dict(REPLACE, width=float(width))
     models["replace-nt"] = dict(REPLACE, defense="nt", nt_lambda=float(replace_nt_lambda))
+    models["sll"] = dict(SLL)
+    models[f"insert-b{INSERT_BOTTLENECK}"] = dict(robust="insert", robust_bottleneck=INSERT_BOTTLENECK)
     return models
 
 

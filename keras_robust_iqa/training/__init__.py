@@ -1,6 +1,6 @@
 """Training utilities: correlation statistics, epoch-level metrics, IQA losses, distillation."""
 
-from keras_robust_iqa.training.calibration import calibrate_to_mos
+from keras_robust_iqa.training.calibration import OUTPUT_SCALES, calibrate_to_mos, fit_output_scale
 from keras_robust_iqa.training.correlation import (
     correlations,
     correlations_by_distortion,
@@ -39,6 +39,9 @@ __all__ = [
     "PairwiseRankLoss",
     # back to the MOS scale after a correlation loss
     "calibrate_to_mos",
+    # the OutputScale of a 1-Lipschitz model set from the labels (TrainConfig.output_scale)
+    "OUTPUT_SCALES",
+    "fit_output_scale",
     # a trained run's patch scores mixed into the training targets
     "distillation_targets",
     "load_teacher",

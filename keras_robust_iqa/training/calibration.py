@@ -57,3 +57,52 @@ def calibrate_to_mos(model, table, split="val"):
     outputs = keras.layers.Rescaling(float(scale), offset=float(offset), name=LAYER_NAME)(raw)
     fit = {"scale": float(scale), "offset": float(offset), "split": split, "images": len(subset)}
     return keras.Model(model.inputs, outputs, name=model.name), fit
+
+
+# How `train` sets a model's `OutputScale` (TrainConfig.output_scale): "learned" keeps its
+# initial value and learns it; "labels" starts it from the labels and learns it; "fixed"
+# starts it from the labels and freezes it, so the certificate's gain is the labels' choice.
+OUTPUT_SCALES = ("learned", "labels", "fixed")
+
+
+def fit_output_scale(model, dataset, batches=8, trainable=True):
+    """Set the `OutputScale` that ends `model` so its outputs match the labels' mean and spread.
+
+    On `batches` batches of `dataset` (`(patches, labels, ...)`), with the network below
+    the scale as it is now (`f`): `scale = std(labels) / std(f)` and
+    `offset = mean(labels) - scale * mean(f)`. A freshly initialised 1-Lipschitz network's
+    outputs span a tiny range (its bound is far below the labels' spread per unit of input
+    change), so a learned scale starting at 1 spends many steps growing first.
+
+    Args:
+        model: a model whose last layer is an `OutputScale` (`sll`, `robustify(mode="replace")`
+            without a squashing output).
+        dataset: batches of training patches and labels.
+        batches: how many batches the statistics are taken over.
+        trainable: False freezes the scale and offset at the fitted values.
+
+    Returns:
+        `{"scale", "offset", "patches"}`, the values set.
+    """
+    from keras_robust_iqa.layers import OutputScale
+
+    last = model.layers[-1]
+    if not isinstance(last, OutputScale):
+        raise ValueError(f"fit_output_scale sets the OutputScale that ends the model, and model '{model.name}' "
+                         f"ends with {type(last).__name__} '{last.name}': use output_scale='learned'.")
+    last.scale.assign(1.0)
+    last.offset.assign(0.0)
+    features, labels = [], []
+    for batch in dataset.take(batches):
+        features.append(keras.ops.convert_to_numpy(model(batch[0], training=False)).ravel())
+        labels.append(np.asarray(batch[1], np.float64).ravel())
+    features, labels = np.concatenate(features).astype(np.float64), np.concatenate(labels)
+    if not np.std(features) > 0:
+        raise ValueError(f"fit_output_scale: model '{model.name}' gives the same output for all "
+                         f"{features.size} patches; nothing to scale.")
+    scale = float(np.std(labels) / np.std(features))
+    offset = float(np.mean(labels) - scale * np.mean(features))
+    last.scale.assign(scale)
+    last.offset.assign(offset)
+    last.trainable = bool(trainable)
+    return {"scale": scale, "offset": offset, "patches": int(features.size)}

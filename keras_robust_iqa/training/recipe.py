@@ -13,6 +13,7 @@ import dataclasses
 import json
 import sys
 
+from keras_robust_iqa.models import BACKBONES
 from keras_robust_iqa.training.options import add_arguments, from_arguments
 from keras_robust_iqa.training.trainer import TrainConfig, train
 
@@ -54,8 +55,8 @@ def run_recipe(config, argv=None, description=None):
 
 def _apply(config, args):
     config = from_arguments(args, config, OPTIONS)
-    # Pretrained weights are the backbones'; the small model always starts from scratch.
-    if config.model == "small":
+    # Pretrained weights are the backbones'; the small and sll models always start from scratch.
+    if config.model not in BACKBONES:
         config = dataclasses.replace(config, weights=None)
     out = args.out or f"runs/{config.dataset}-{config.model}" + (f"-{config.robust}" if config.robust else "")
     return config, out

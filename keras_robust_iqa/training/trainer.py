@@ -26,7 +26,12 @@ from keras_robust_iqa import data as iqa_data
 from keras_robust_iqa import models as iqa_models
 from keras_robust_iqa import run_folder
 from keras_robust_iqa.training import losses as iqa_losses
-from keras_robust_iqa.training.calibration import CORRELATION_LOSSES, calibrate_to_mos
+from keras_robust_iqa.training.calibration import (
+    CORRELATION_LOSSES,
+    OUTPUT_SCALES,
+    calibrate_to_mos,
+    fit_output_scale,
+)
 from keras_robust_iqa.training.callbacks import WholeImageValidation
 from keras_robust_iqa.training.correlation import correlations, correlations_by_distortion
 from keras_robust_iqa.training.defenses import DEFENSES, InnerModelCheckpoint, defend
@@ -61,8 +66,10 @@ class TrainConfig:
     data_dir: str | None = option(None, "dataset folder (for csv: the CSV file or a folder with mos.csv); "
                                   "for builtin: an optional cache folder (default: $ROBUST_IQA_CACHE or "
                                   "~/.cache/keras_robust_iqa)")
-    model: str = option("small", "base model (default: {default}; small is a CNN that trains on a CPU in "
-                        "minutes, the backbones want a GPU)", choices=iqa_models.MODEL_NAMES)
+    model: str = option("small", "model (default: {default}): small (a CNN that trains on a CPU in minutes), "
+                        "sll (a network 1-Lipschitz by construction, residual SLL layers, certified without "
+                        "--robust) or a keras.applications backbone (they want a GPU)",
+                        choices=iqa_models.MODEL_NAMES)
     width: float = option(1.0, "multiply the small model's channels and head units by this factor, e.g. 2 "
                           "for twice as wide (default: {default:g}; the backbones keep their own widths)")
     robust: str | None = option(None, "apply RobustBlocks: insert them after the backbone's stages, replace "
@@ -86,6 +93,15 @@ class TrainConfig:
         False, "follow each orthogonal layer of --robust replace models by learnable per-channel gains in "
         "[-1, 1] (still 1-Lipschitz; orthogonal layers alone cannot weigh their channels; see "
         "docs/experiments.md) (default: {default})")
+    robust_bottleneck: int | None = option(
+        None, "--robust insert only: each RobustBlock narrows to N channels (an even number) by a 1x1 "
+        "convolution, applies its --robust-conv convolution at N channels and widens back by a 1x1 one, all "
+        "1-Lipschitz, as the paper's block narrows to 200: far fewer parameters than a full-width block on "
+        "wide stages (default: full width)", type=int, metavar="N")
+    output_scale: str = option(
+        "learned", "the OutputScale ending --model sll and --robust replace models (the certificate reads "
+        "it): learned (starts at 1), labels (starts so that the outputs match the training labels' mean and "
+        "spread, then learned) or fixed (set so, then frozen) (default: {default})", choices=OUTPUT_SCALES)
     weights: str | None = option(None, "backbone weights: 'imagenet' or a .weights.h5 file (backbones only; "
                                  "default: none)")
     init_from: str | None = option(None, "start from the model of this run folder (e.g. robustify a trained "
@@ -142,9 +158,11 @@ class TrainConfig:
         check_choices(self)
         if not (isinstance(self.width, (int, float)) and self.width > 0):
             raise ValueError(f"--width must be a positive multiplier, got {self.width!r}.")
-        if self.width != 1 and self.model != "small":
-            raise ValueError(f"--width {self.width} needs --model small (the backbones keep their "
+        if self.width != 1 and self.model not in ("small", "sll"):
+            raise ValueError(f"--width {self.width} needs --model small or sll (the backbones keep their "
                              f"published widths), got --model {self.model}.")
+        if self.model == "sll" and self.robust:
+            raise ValueError(f"--model sll is 1-Lipschitz already: leave out --robust, got --robust {self.robust}.")
         if self.robust_activation != "groupsort" and self.robust != "replace":
             raise ValueError(f"--robust-activation {self.robust_activation} needs --robust replace "
                              f"(insert's RobustBlocks use GroupSort), got --robust {self.robust}.")
@@ -154,6 +172,16 @@ class TrainConfig:
         if self.robust_channel_gains and self.robust != "replace":
             raise ValueError(f"--robust-channel-gains needs --robust replace (insert's blocks are "
                              f"orthogonal), got --robust {self.robust}.")
+        if self.robust_bottleneck is not None:
+            if not isinstance(self.robust_bottleneck, int) or self.robust_bottleneck < 2 or self.robust_bottleneck % 2:
+                raise ValueError(f"--robust-bottleneck must be an even number of channels >= 2 (GroupSort pairs "
+                                 f"them), got {self.robust_bottleneck!r}.")
+            if self.robust != "insert":
+                raise ValueError(f"--robust-bottleneck needs --robust insert (replace keeps the model's widths), "
+                                 f"got --robust {self.robust}.")
+        if self.output_scale != "learned" and not (self.model == "sll" or self.robust == "replace"):
+            raise ValueError(f"--output-scale {self.output_scale} needs a model that ends with an OutputScale "
+                             f"(--model sll or --robust replace), got --model {self.model} --robust {self.robust}.")
         if self.fresh_distortions and self.dataset != "builtin":
             raise ValueError(f"--fresh-distortions draws from the built-in dataset's pristine crops; "
                              f"--dataset {self.dataset} has none.")
@@ -218,6 +246,7 @@ def build(config):
         model = iqa_models.robustify(model, mode=config.robust, conv=config.robust_conv,
                                      activation=config.robust_activation, pooling=config.robust_pooling,
                                      channel_gains=config.robust_channel_gains,
+                                     bottleneck=config.robust_bottleneck,
                                      keep_weights=trained or config.robust == "insert")
     return model
 
@@ -292,7 +321,11 @@ def train(config, out, *, verbose="auto", callbacks=()):
     out.mkdir(parents=True, exist_ok=True)
 
     with strategy.scope():
-        model = defend(build(config), config.defense, eps=config.defense_eps,
+        model = build(config)
+        scale_fit = None
+        if config.output_scale != "learned":
+            scale_fit = fit_output_scale(model, train_ds, trainable=config.output_scale == "labels")
+        model = defend(model, config.defense, eps=config.defense_eps,
                        nt_lambda=config.nt_lambda, nt_h=config.nt_h,
                        scale_free_loss=config.loss in CORRELATION_LOSSES)
         steps_per_epoch = math.ceil(
@@ -351,6 +384,7 @@ def train(config, out, *, verbose="auto", callbacks=()):
         "lipschitz_bound": _bound_or_none(best),
         "train_seconds": round(seconds, 1),
         "mos_calibration": calibration,
+        "output_scale_fit": scale_fit,
     }
     run_folder.write_metrics(out, metrics)
     return metrics

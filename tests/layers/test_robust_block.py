@@ -74,7 +74,8 @@ def test_100_steps_at_lr_1e_2_stay_finite():
     "kwargs",
     [dict(filters=8), dict(filters=4, residual=True, group_size=4), dict(filters=8, strides=2),
      dict(filters=8, conv="block"), dict(filters=4, residual=True, conv="block"),
-     dict(filters=8, strides=2, conv="block")],
+     dict(filters=8, strides=2, conv="block"),
+     dict(filters=8, bottleneck=4, conv="aol")],
 )
 def test_round_trips_and_trains(kwargs, tmp_path):
     run_layer_test(RobustBlock, kwargs, (8, 8, 4), tmp_path, atol=1e-5)
@@ -105,6 +106,8 @@ def test_bad_arguments():
         RobustBlock(0)
     with pytest.raises(ValueError, match="conv='cayley'"):
         RobustBlock(8, conv="cayley")
+    with pytest.raises(ValueError, match="group_size`=2 must divide `bottleneck`=3"):
+        RobustBlock(8, bottleneck=3)
 
 
 def test_configs_saved_before_the_conv_option_load_as_fourier_blocks():
@@ -112,3 +115,21 @@ def test_configs_saved_before_the_conv_option_load_as_fourier_blocks():
     del config["conv"]
     assert RobustBlock.from_config(config).conv_type == "fourier"
     assert RobustBlock.from_config({**config, "conv": "block"}).conv_type == "block"
+
+
+@pytest.mark.parametrize("conv", ["block", "aol", "fourier"])
+def test_bottleneck_block_is_1_lipschitz_and_narrow(conv):
+    block = RobustBlock(8, residual=True, bottleneck=4, conv=conv)
+    x = tf.random.normal((1, 6, 6, 8))
+    block(x)
+    assert [(c.input_channels, c.filters, c.kernel_size) for c, _ in block.parts()] == [
+        (8, 4, (1, 1)), (4, 4, (3, 3)), (4, 8, (1, 1))]
+    for w in block.trainable_weights:  # move off the initialiser
+        w.assign(w + tf.random.stateless_normal(w.shape, seed=(1, 2)) * 0.3)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = block(x, training=False)
+    jac = np.asarray(tape.jacobian(y, x)).reshape(288, 288)
+    assert 0.1 < np.linalg.norm(jac, 2) <= 1.0 + 1e-4
+    # Exported as plain ops, it computes the same.
+    np.testing.assert_allclose(np.asarray(block.lowered()(x)), np.asarray(y), atol=1e-5)

@@ -2,6 +2,7 @@ import keras
 import numpy as np
 import pytest
 import skimage.data
+import tensorflow as tf
 
 from keras_robust_iqa import layers as robust_layers
 from keras_robust_iqa.layers.linalg import jacobian_spectral_norm
@@ -12,6 +13,7 @@ from keras_robust_iqa.models import (
     patch_grid,
     robustify,
     score_images,
+    sll_iqa_net,
     small_iqa_cnn,
     stage_ends,
 )
@@ -104,6 +106,43 @@ def test_replace_turns_depthwise_convolutions_into_grouped_block_convolutions():
     bound = lipschitz_bound(model)
     empirical = np.asarray(jacobian_spectral_norm(lambda t: model(t, training=False), x, iterations=10))
     assert 0 < empirical.max() <= bound * (1 + 1e-4)
+
+
+def test_insert_bottleneck_narrows_the_blocks_of_mobilenetv2():
+    """The issue's case: MobileNetV2 (alpha 0.35, 32x32) grew from 0.4 M to 5.5 M parameters."""
+    base = keras.applications.MobileNetV2(input_shape=(32, 32, 3), alpha=0.35, include_top=False, weights=None,
+                                          pooling="avg")
+    full, narrow = robustify(base, "insert"), robustify(base, "insert", bottleneck=32)
+    assert base.count_params() == 410_208 and full.count_params() > 5_000_000
+    blocks = [layer for layer in narrow.layers if isinstance(layer, robust_layers.RobustBlock)]
+    assert [block.filters for block in blocks] == [48, 48, 96, 192, 1280]
+    # Each block holds two 1x1 maps between C and 32 channels and a 3x3 one at 32: C^2 is gone.
+    for block in blocks:
+        kernels = [np.prod(w.shape) for w in block.trainable_weights if len(w.shape) > 1]
+        assert max(kernels) <= max(32 * block.filters, 32 * 32 * 9)
+    assert narrow.count_params() < 1.4 * base.count_params()
+
+
+def test_insert_bottleneck_starts_at_the_identity_and_is_certified_where_it_claims():
+    base = small_iqa_cnn(32)
+    perturb_weights(base, 0.05)
+    model = robustify(base, "insert", bottleneck=8, conv="aol")
+    blocks = [layer for layer in model.layers if isinstance(layer, robust_layers.RobustBlock)]
+    assert blocks and all(block.bottleneck == 8 for block in blocks)
+    x = photo_patches(4, 32)
+    for block in blocks:
+        block.residual_logit.assign(40.0)  # lambda = sigmoid(40) = 1 in float32
+    np.testing.assert_allclose(model.predict(x, verbose=0), base.predict(x, verbose=0), atol=1e-6)
+    # Each block alone, off its identity, stays 1-Lipschitz.
+    for block in blocks:
+        block.residual_logit.assign(-1.0)
+        maps = block.input.shape[1:]
+        fn = lambda t, block=block: block(t, training=False)  # noqa: E731
+        norms = jacobian_spectral_norm(fn, np.random.default_rng(0).normal(size=(1, *maps)).astype("float32"),
+                                       iterations=8)
+        assert np.all(np.asarray(norms) <= 1 + 1e-4)
+    with pytest.raises(ValueError, match="bottleneck"):
+        robustify(base, "replace", bottleneck=8)
 
 
 def test_insert_bad_arguments():
@@ -361,3 +400,72 @@ def test_keep_weights_starts_block_convolutions_from_the_trained_kernels():
     # Still orthogonal: the model stays certified.
     scale = abs(float(kept.get_layer("output_scale").scale.numpy()))
     assert lipschitz_bound(kept) == pytest.approx(scale / 7, rel=1e-6)  # GlobalL2NormPooling2D on 7 x 7: 1 / 7
+
+
+# The 1-Lipschitz network of SLL layers (`build_model("sll")`) --------------------------------
+
+
+@pytest.fixture(scope="module")
+def sll_net():
+    """A small `sll` network moved off its initialisation, with a gain of 3."""
+    model = build_model("sll", 32, width=0.5)
+    perturb_weights(model, 0.2)
+    model.get_layer("output_scale").scale.assign(3.0)
+    return model
+
+
+def gradient_norms(model, x):
+    """`||grad f(x)||_2` per sample: the Jacobian's spectral norm of a one-output model, exactly."""
+    x = tf.convert_to_tensor(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = tf.reduce_sum(model(x, training=False))
+    return np.linalg.norm(np.asarray(tape.gradient(y, x)).reshape(len(x), -1), axis=1)
+
+
+def test_sll_network_is_built_from_certified_parts(sll_net):
+    kinds = {type(layer).__name__ for layer in sll_net.layers}
+    assert {"AOLConv2D", "SLLConv2D", "InvertibleDownsampling", "GlobalL2NormPooling2D", "OutputScale"} <= kinds
+    assert [layer.filters for layer in sll_net.layers if isinstance(layer, robust_layers.AOLConv2D)] == [8, 16, 32]
+    assert sum(isinstance(layer, robust_layers.SLLConv2D) for layer in sll_net.layers) == 6
+    # Every layer 1-Lipschitz but the scale and the pooling over the last 4x4 map.
+    assert lipschitz_bound(sll_net) == pytest.approx(3.0 / 4.0)
+
+
+def test_sll_bound_holds_at_real_and_random_inputs(sll_net):
+    bound = lipschitz_bound(sll_net)
+    x = np.concatenate([photo_patches(4, 32), np.random.default_rng(1).uniform(size=(4, 32, 32, 3))]).astype("float32")
+    norms = gradient_norms(sll_net, x)
+    assert np.all(norms <= bound * (1 + 1e-4)), (norms, bound)
+    assert norms.max() > 0.01 * bound  # the network does respond to its input
+    # Finite differences along random directions never beat it either.
+    step = np.random.default_rng(2).normal(size=x.shape).astype("float32") * 0.05
+    change = np.abs(sll_net.predict(x + step, verbose=0) - sll_net.predict(x, verbose=0)).ravel()
+    assert np.all(change <= bound * np.linalg.norm(step.reshape(len(x), -1), axis=1) * (1 + 1e-4))
+
+
+def test_sll_fits_and_round_trips(tmp_path):
+    model = sll_iqa_net(16, widths=(4, 8), depth=1, head_units=4)
+    x = photo_patches(8, 16)
+    y = np.linspace(0.2, 0.8, 8, dtype="float32")[:, None]
+    model.compile(keras.optimizers.Adam(1e-2), "mse")
+    before = np.asarray(model(x))
+    loss = model.fit(x, y, batch_size=8, epochs=1, verbose=0).history["loss"][0]
+    assert np.isfinite(loss)
+    after = np.asarray(model(x))
+    assert not np.allclose(after, before)
+    model.save(tmp_path / "sll.keras")
+    loaded = keras.saving.load_model(tmp_path / "sll.keras", safe_mode=True)
+    np.testing.assert_allclose(np.asarray(loaded(x)), after, atol=1e-6)
+    assert lipschitz_bound(loaded) == pytest.approx(lipschitz_bound(model))
+
+
+def test_sll_bad_arguments():
+    with pytest.raises(ValueError, match="patch_size`=36 must be divisible by 8"):
+        sll_iqa_net(36)
+    with pytest.raises(ValueError, match="depth"):
+        sll_iqa_net(32, depth=0)
+    with pytest.raises(ValueError, match="head_units"):
+        sll_iqa_net(32, head_units=5)
+    with pytest.raises(ValueError, match="weights"):
+        build_model("sll", 32, weights="imagenet")

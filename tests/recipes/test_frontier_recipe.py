@@ -44,7 +44,7 @@ def small_builtin(builtin_cache, monkeypatch):
 def test_the_models_of_the_comparison(recipe):
     models = recipe.model_overrides()
     assert list(models) == ["base", "base-nt1", "base-nt3", "base-nt10", "base-adv", "replace-w1", "replace-w2",
-                            "replace-w4", "replace-nt"]
+                            "replace-w4", "replace-nt", "sll", "insert-b16"]
     configs = {name: recipe.model_config(overrides, seed=2, epochs=5) for name, overrides in models.items()}
     base = configs["base"]
     assert base == recipe.model_config({}, seed=2, epochs=5)
@@ -60,6 +60,9 @@ def test_the_models_of_the_comparison(recipe):
     assert [configs[f"replace-w{w}"].width for w in (1, 2, 4)] == [1.0, 2.0, 4.0]
     assert (configs["replace-nt"].defense, configs["replace-nt"].nt_lambda, configs["replace-nt"].width) == \
         ("nt", recipe.REPLACE_NT_LAMBDA, 1.0)
+    assert (configs["sll"].model, configs["sll"].robust, configs["sll"].loss, configs["sll"].output_scale) == \
+        ("sll", None, "mse", "learned")
+    assert (configs["insert-b16"].robust, configs["insert-b16"].robust_bottleneck) == ("insert", 16)
     assert list(recipe.model_overrides((0.5,), 0.1))[1] == "base-nt0.5"
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from keras_robust_iqa.models import MODEL_NAMES
+from keras_robust_iqa.models import BACKBONES
 from keras_robust_iqa.training import recipe
 from keras_robust_iqa.training.trainer import TrainConfig
 
@@ -47,7 +47,7 @@ def test_recipe_settings(name):
     if name == "builtin":
         assert config.model == "small" and config.weights is None
     else:
-        assert config.model in MODEL_NAMES[1:] and config.weights == "imagenet"
+        assert config.model in BACKBONES and config.weights == "imagenet"
         assert "GPU" in load(name)["__doc__"]
 
 

@@ -25,6 +25,7 @@ from keras_robust_iqa.training import trainer
 from keras_robust_iqa.training.defenses import DEFENSES
 from keras_robust_iqa.training.trainer import (
     LOSSES,
+    OUTPUT_SCALES,
     ROBUST_ACTIVATIONS,
     ROBUST_CONVOLUTIONS,
     ROBUST_MODES,
@@ -101,6 +102,7 @@ def test_option_choices_follow_the_library():
     assert choices["strategy"] == STRATEGIES
     assert choices["dataset"] == tuple(iqa_data.READERS)
     assert choices["augment"] == ("none", *iqa_data.AUGMENTATIONS[1:])
+    assert choices["output_scale"] == OUTPUT_SCALES
 
 
 def test_every_option_reaches_the_config(monkeypatch, capsys, tmp_path):
@@ -114,7 +116,7 @@ def test_every_option_reaches_the_config(monkeypatch, capsys, tmp_path):
     expected = TrainConfig(
         dataset="csv", data_dir="data/mine", model="resnet50", width=2.0, robust="insert",
         robust_conv=next(c for c in ROBUST_CONVOLUTIONS if c != TrainConfig.robust_conv), robust_activation="relu",
-        robust_pooling="invertible", robust_channel_gains=True,
+        robust_pooling="invertible", robust_channel_gains=True, robust_bottleneck=16, output_scale="fixed",
         weights="imagenet", init_from="runs/base", distill_from="runs/teacher", distill_weight=0.25,
         epochs=3, batch_size=7, patch_size=48,
         patches_per_image=2, augment="dihedral", fresh_distortions=True,

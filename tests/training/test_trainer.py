@@ -282,6 +282,40 @@ def test_calibration_scales_the_certified_bound_and_never_flips_the_ranking(smal
     assert none is None and unchanged is model
 
 
+def test_fit_output_scale_matches_the_labels_mean_and_spread():
+    from keras_robust_iqa.training.calibration import fit_output_scale
+
+    model = iqa_models.sll_iqa_net(16, widths=(4,), depth=1, head_units=4)
+    x = np.random.default_rng(0).uniform(size=(64, 16, 16, 3)).astype("float32")
+    y = np.linspace(0.1, 0.9, 64, dtype="float32")
+    dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    fit = fit_output_scale(model, dataset, batches=4, trainable=True)
+    scores = np.asarray(model(x)).ravel()
+    assert fit["patches"] == 64 and model.layers[-1].trainable
+    assert (scores.mean(), scores.std()) == pytest.approx((y.mean(), y.std()), rel=1e-4)
+    with pytest.raises(ValueError, match="ends with Dense 'quality'.*output_scale='learned'"):
+        fit_output_scale(iqa_models.small_iqa_cnn(16), dataset)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(model="sll", robust="replace"), "^--model sll is 1-Lipschitz already"),
+    (dict(robust_bottleneck=16), "^--robust-bottleneck needs --robust insert .* --robust None"),
+    (dict(robust="insert", robust_bottleneck=15), "^--robust-bottleneck must be an even number .* 15"),
+    (dict(output_scale="labels"), "^--output-scale labels needs a model that ends with an OutputScale"),
+    (dict(output_scale="ones"), "^--output-scale must be one of"),
+])
+def test_new_options_refuse_what_they_cannot_do(overrides, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        train(TrainConfig(**overrides), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_insert_bottleneck_config_builds_narrow_blocks():
+    model = build(TrainConfig(robust="insert", robust_bottleneck=8, patch_size=32))
+    blocks = [layer for layer in all_layers(model) if isinstance(layer, robust_layers.RobustBlock)]
+    assert blocks and {block.bottleneck for block in blocks} == {8}
+
+
 # ----------------------------------------------------------------------------
 # Resuming after an interruption
 # ----------------------------------------------------------------------------

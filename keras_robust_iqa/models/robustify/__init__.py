@@ -25,7 +25,7 @@ __all__ = [
 
 
 def robustify(model, mode="replace", *, conv="block", after=None, keep_weights=True, group_size=2,
-              input_offset=-0.5, activation="groupsort", pooling="l2norm", channel_gains=False):
+              input_offset=-0.5, activation="groupsort", pooling="l2norm", channel_gains=False, bottleneck=None):
     """Apply RobustBlocks to any functional, Sequential or nested Keras model, with no hand editing.
 
     The graph is rewritten through public Keras API (`clone_model` with
@@ -104,6 +104,12 @@ def robustify(model, mode="replace", *, conv="block", after=None, keep_weights=T
             factors otherwise), an
             `AOLConv2D` rescales it; an `SLLConv2D` starts fresh.
         group_size: GroupSort group size for the new activations.
+        bottleneck: for `"insert"`, None (each RobustBlock keeps its stage's full width) or
+            the channels `N` each block narrows to and widens back from (the paper's block
+            narrows to 200): a 1x1 1-Lipschitz convolution to `N`, the `conv`
+            convolution at `N` channels and a 1x1 one back to the stage's width `C`, each
+            followed by GroupSort. A block then holds about `2 C N + N^2 k^2` weights
+            instead of `C^2 k^2`, and stays 1-Lipschitz.
         input_offset: for `"replace"`, added to the inputs by a
             `Rescaling(1, offset=input_offset)` first layer (`None`: none),
             before each layer of the top-level model that reads them, unless
@@ -157,6 +163,9 @@ def robustify(model, mode="replace", *, conv="block", after=None, keep_weights=T
             raise ValueError("Argument `pooling` applies to mode='replace'; insert keeps the model's pooling.")
         if channel_gains:
             raise ValueError("Argument `channel_gains` applies to mode='replace'; insert's blocks are orthogonal.")
-        return _insert(model, after, keep_weights, group_size, conv)
+        return _insert(model, after, keep_weights, group_size, conv, bottleneck)
+    if bottleneck is not None:
+        raise ValueError(f"Argument `bottleneck` applies to mode='insert' (its RobustBlocks); replace keeps "
+                         f"the model's widths, got bottleneck={bottleneck!r}.")
     return _replace(model, keep_weights, _activation_factory(activation, group_size), input_offset, pooling,
                     channel_gains, conv)

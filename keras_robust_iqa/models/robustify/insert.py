@@ -111,7 +111,7 @@ def _resolve_after(model, after):
     return [by_name[n][0] for n in after]
 
 
-def _insert(model, after, keep_weights, group_size, conv):
+def _insert(model, after, keep_weights, group_size, conv, bottleneck=None):
     targets = _insertion_layers(model, group_size) if after is None else _resolve_after(model, after)
     if not targets:
         raise ValueError(
@@ -149,7 +149,7 @@ def _insert(model, after, keep_weights, group_size, conv):
             if id(original) not in blocks:  # a shared layer shares its block
                 blocks[id(original)] = robust_layers.RobustBlock(
                     out.shape[-1], group_size=group_size, residual=True, residual_init=0.9, conv=conv,
-                    name=f"{original.name}_robust_block",
+                    bottleneck=bottleneck, name=f"{original.name}_robust_block",
                 )
             out = blocks[id(original)](out)
         return out
