@@ -104,30 +104,23 @@ def test_a_distilled_run_is_pruned_and_fine_tuned_on_its_teachers_targets(tiny_r
     assert seen == [0.3, 0.3]  # the pruning epochs and the fine-tuning learn from the same targets
     saved = json.loads((out / "config.json").read_text())
     assert (saved["distill_from"], saved["distill_weight"]) == (str(teacher), 0.3)
+    assert saved["pruning"]["distill_weight"] == 0.0
 
-
-def test_fine_tuning_towards_the_unpruned_model(tiny_run, tmp_path, monkeypatch):
-    from keras_robust_iqa import data
-    from keras_robust_iqa.training import trainer
-
-    config = json.loads((tiny_run / "config.json").read_text())
-    table = data.load_table("csv", config["data_dir"])
-    source = tmp_path / "source"
-    shutil.copytree(tiny_run, source)
-    (source / "config.json").write_text(
-        json.dumps(config | {"dataset_name": table.name, "mos_range": list(table.mos_range)}))
-    seen = []
-    real = trainer.distillation_targets
-    monkeypatch.setattr(trainer, "distillation_targets",
-                        lambda dataset, model, weight: seen.append(weight) or real(dataset, model, weight))
-    out = tmp_path / "pruned"
-    assert cli.main(["prune", "--run", str(source), "--fraction", "0.4", "--prune-epochs", "0",
+    # --distill-weight: the fine-tuning learns from the unpruned student instead.
+    seen.clear()
+    (student / "config.json").write_text(
+        json.dumps(config | {"distill_from": str(teacher), "distill_weight": 0.3, "dataset_name": table.name,
+                             "mos_range": list(table.mos_range)}))
+    out = tmp_path / "pruned-towards-student"
+    assert cli.main(["prune", "--run", str(student), "--fraction", "0.4", "--prune-epochs", "0",
                      "--finetune-epochs", "1", "--distill-weight", "1", "--out", str(out)]) == 0
-    assert seen == [1.0]  # only the fine-tuning, towards the source model's own scores
+    # The run's own targets for the patches the criterion scores; the fine-tuning's, the student's scores.
+    assert seen == [0.3, 1.0]
     saved = json.loads((out / "config.json").read_text())
-    assert (saved["distill_from"], saved["distill_weight"]) == (str(source), 1.0)
+    assert (saved["distill_from"], saved["distill_weight"]) == (str(student), 1.0)
     assert saved["pruning"]["distill_weight"] == 1.0
     assert "x the unpruned model's scores" in (out / "pruning_report.md").read_text()
+
 
 
 def test_a_relu_replace_run_with_channel_gains_is_pruned_and_fine_tuned(tiny_run, tmp_path):
