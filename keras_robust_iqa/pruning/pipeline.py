@@ -168,9 +168,11 @@ def prune_run(run, out, *, fraction=None, tau=None, prune_epochs=1, finetune_epo
     stages["after_pruning"] = model_facts(pruned, table)
 
     metrics = {}
+    # A run trained by distillation keeps its teacher's targets unless `distill_weight` points
+    # the fine-tuning at the unpruned model.
+    teacher = dict(distill_from=str(run), distill_weight=distill_weight) if distill_weight else {}
+    finetune = dataclasses.replace(config, init_from=str(out / "pruned"), epochs=finetune_epochs, **teacher)
     if finetune_epochs:
-        teacher = dict(distill_from=str(run), distill_weight=distill_weight) if distill_weight else {}
-        finetune = dataclasses.replace(config, init_from=str(out / "pruned"), epochs=finetune_epochs, **teacher)
         metrics = train(finetune, out, verbose=verbose)
         stages["after_finetune"] = model_facts(run_folder.load_model(out), table, metrics)
     else:
@@ -180,7 +182,8 @@ def prune_run(run, out, *, fraction=None, tau=None, prune_epochs=1, finetune_epo
 
     report = _report(run, graph, pruned_groups, final_scores, stages, criterion=criterion, fraction=fraction,
                      tau=tau, prune_epochs=prune_epochs, finetune_epochs=finetune_epochs,
-                     learning_rate=learning_rate, distill_weight=distill_weight, schedule=schedule)
+                     learning_rate=learning_rate, distill_weight=distill_weight,
+                     finetune_targets=_finetune_targets(finetune, run), schedule=schedule)
     final = stages["after_finetune"]
     metrics |= {k: final[k] for k in ("test", "val", "params", "flops", "lipschitz_bound")}
     run_folder.write_metrics(out, metrics)
@@ -193,6 +196,14 @@ def prune_run(run, out, *, fraction=None, tau=None, prune_epochs=1, finetune_epo
     (out / "pruning_report.md").write_text(report_markdown(report))
     plot_channels(report, out / "pruning_report.png")
     return report
+
+
+def _finetune_targets(config, run):
+    """What the fine-tuning of `config` learns from, in words: the MOS, or its mix with a teacher's scores."""
+    if not config.distill_from:
+        return "the MOS"
+    teacher = "the unpruned model's" if config.distill_from == str(run) else f"{config.distill_from}'s"
+    return f"(1 - {config.distill_weight:g}) MOS + {config.distill_weight:g} x {teacher} scores"
 
 
 def _report(run, graph, pruned_groups, scores, stages, *, schedule, criterion, **settings):
@@ -271,8 +282,7 @@ def report_markdown(report):
         f"Target: {target}; pruned {report['pruned_channels']} of {report['prunable_channels']} prunable "
         f"channels ({100 * report['pruned_fraction']:.1f} %); {report['prune_epochs']} masked epoch(s), "
         f"{report['finetune_epochs']} fine-tuning epoch(s) at learning rate {report['learning_rate']:g}"
-        + (f", towards (1 - {report['distill_weight']:g}) MOS + {report['distill_weight']:g} x the unpruned "
-           "model's scores." if report["distill_weight"] else ", on the MOS."),
+        f", towards {report['finetune_targets']}.",
         "",
         "| | before | after pruning | after fine-tuning |",
         "|---|---|---|---|",

@@ -105,6 +105,7 @@ def test_a_distilled_run_is_pruned_and_fine_tuned_on_its_teachers_targets(tiny_r
     saved = json.loads((out / "config.json").read_text())
     assert (saved["distill_from"], saved["distill_weight"]) == (str(teacher), 0.3)
     assert saved["pruning"]["distill_weight"] == 0.0
+    assert f"towards (1 - 0.3) MOS + 0.3 x {teacher}'s scores." in (out / "pruning_report.md").read_text()
 
     # --distill-weight: the fine-tuning learns from the unpruned student instead.
     seen.clear()
