@@ -1,5 +1,6 @@
 """Base NR-IQA models, `robustify`, certified Lipschitz bounds, patch scoring and presets."""
 
+from keras_robust_iqa.models.activations import SMOOTH_ACTIVATIONS, swap_activations
 from keras_robust_iqa.models.backbones import BACKBONES, backbone_iqa_model
 from keras_robust_iqa.models.lipschitz import lipschitz_bound
 from keras_robust_iqa.models.patches import patch_grid, score_images
@@ -55,6 +56,7 @@ __all__ = [
     "ROBUST_CONVOLUTIONS",
     "ROBUST_MODES",
     "ROBUST_POOLINGS",
+    "SMOOTH_ACTIVATIONS",
     "backbone_iqa_model",
     "build_model",
     "from_preset",
@@ -69,4 +71,5 @@ __all__ = [
     "sll_iqa_net",
     "small_iqa_cnn",
     "stage_ends",
+    "swap_activations",
 ]

@@ -46,6 +46,7 @@ CRITERION_TEXT = {
 # The TrainConfig options that only build a model, at their defaults.
 _BUILD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)
                    if f.name in ("robust", "robust_conv", "robust_activation", "robust_pooling", "robust_channel_gains",
+                                 "robust_bottleneck", "model_activation",
                                  "weights")}
 
 

@@ -19,7 +19,7 @@ from keras_robust_iqa.training.trainer import TrainConfig, train
 
 # The TrainConfig options a recipe's command line sets; the recipe holds the rest.
 OPTIONS = ("data_dir", "model", "robust", "robust_conv", "robust_activation", "robust_pooling",
-           "robust_channel_gains", "init_from", "distill_from")
+           "robust_channel_gains", "robust_bottleneck", "model_activation", "init_from", "distill_from")
 
 
 def recipe_parser(config, description=None):

@@ -72,6 +72,11 @@ class TrainConfig:
                         choices=iqa_models.MODEL_NAMES)
     width: float = option(1.0, "multiply the small model's channels and head units by this factor, e.g. 2 "
                           "for twice as wide (default: {default:g}; the backbones keep their own widths)")
+    model_activation: str | None = option(
+        None, "swap every ReLU of the model for this smooth activation before --robust insert, as the paper's "
+        "code does (capped and leaky ReLUs stay; not with --robust replace, whose activations are "
+        "1-Lipschitz ones, or --model sll) (default: {default}, the model's own)",
+        choices=iqa_models.SMOOTH_ACTIVATIONS)
     robust: str | None = option(None, "apply RobustBlocks: insert them after the backbone's stages, replace "
                                 "every layer by its 1-Lipschitz counterpart, or none (the base model) "
                                 "(default: {default})", choices=ROBUST_MODES)
@@ -163,6 +168,10 @@ class TrainConfig:
                              f"published widths), got --model {self.model}.")
         if self.model == "sll" and self.robust:
             raise ValueError(f"--model sll is 1-Lipschitz already: leave out --robust, got --robust {self.robust}.")
+        if self.model_activation is not None and (self.robust == "replace" or self.model == "sll"):
+            raise ValueError(f"--model-activation {self.model_activation} swaps the ReLUs of a base or --robust "
+                             f"insert model; --model {self.model} --robust {self.robust} has only 1-Lipschitz "
+                             f"activations of its own.")
         if self.robust_activation != "groupsort" and self.robust != "replace":
             raise ValueError(f"--robust-activation {self.robust_activation} needs --robust replace "
                              f"(insert's RobustBlocks use GroupSort), got --robust {self.robust}.")
@@ -237,6 +246,8 @@ def build(config):
         model = load_run_model(config.init_from)
     else:
         model = iqa_models.build_model(config.model, config.patch_size, weights=config.weights, width=config.width)
+    if config.model_activation:
+        model = iqa_models.swap_activations(model, config.model_activation)
     if config.robust:
         # A fresh model's random kernels are no head start for `replace`, and fitting the
         # compact orthogonal kernels to them costs time: keep the weights of trained models

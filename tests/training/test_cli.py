@@ -20,7 +20,7 @@ import pytest
 
 from keras_robust_iqa import cli
 from keras_robust_iqa import data as iqa_data
-from keras_robust_iqa.models import MODEL_NAMES
+from keras_robust_iqa.models import MODEL_NAMES, SMOOTH_ACTIVATIONS
 from keras_robust_iqa.training import trainer
 from keras_robust_iqa.training.defenses import DEFENSES
 from keras_robust_iqa.training.trainer import (
@@ -103,6 +103,7 @@ def test_option_choices_follow_the_library():
     assert choices["dataset"] == tuple(iqa_data.READERS)
     assert choices["augment"] == ("none", *iqa_data.AUGMENTATIONS[1:])
     assert choices["output_scale"] == OUTPUT_SCALES
+    assert choices["model_activation"] == ("none", *SMOOTH_ACTIVATIONS)
 
 
 def test_every_option_reaches_the_config(monkeypatch, capsys, tmp_path):
@@ -114,7 +115,7 @@ def test_every_option_reaches_the_config(monkeypatch, capsys, tmp_path):
 
     monkeypatch.setattr(trainer, "train", fake_train)
     expected = TrainConfig(
-        dataset="csv", data_dir="data/mine", model="resnet50", width=2.0, robust="insert",
+        dataset="csv", data_dir="data/mine", model="resnet50", width=2.0, model_activation="gelu", robust="insert",
         robust_conv=next(c for c in ROBUST_CONVOLUTIONS if c != TrainConfig.robust_conv), robust_activation="relu",
         robust_pooling="invertible", robust_channel_gains=True, robust_bottleneck=16, output_scale="fixed",
         weights="imagenet", init_from="runs/base", distill_from="runs/teacher", distill_weight=0.25,

@@ -303,6 +303,9 @@ def test_fit_output_scale_matches_the_labels_mean_and_spread():
     (dict(robust="insert", robust_bottleneck=15), "^--robust-bottleneck must be an even number .* 15"),
     (dict(output_scale="labels"), "^--output-scale labels needs a model that ends with an OutputScale"),
     (dict(output_scale="ones"), "^--output-scale must be one of"),
+    (dict(robust="replace", model_activation="silu"), "^--model-activation silu swaps the ReLUs .* --robust replace"),
+    (dict(model="sll", model_activation="gelu"), "^--model-activation gelu .* --model sll"),
+    (dict(model_activation="tanh"), "^--model-activation must be one of"),
 ])
 def test_new_options_refuse_what_they_cannot_do(overrides, message, tmp_path):
     with pytest.raises(ValueError, match=message):
@@ -314,6 +317,15 @@ def test_insert_bottleneck_config_builds_narrow_blocks():
     model = build(TrainConfig(robust="insert", robust_bottleneck=8, patch_size=32))
     blocks = [layer for layer in all_layers(model) if isinstance(layer, robust_layers.RobustBlock)]
     assert blocks and {block.bottleneck for block in blocks} == {8}
+
+
+def test_model_activation_swaps_the_relus_before_insert():
+    model = build(TrainConfig(robust="insert", robust_bottleneck=8, model_activation="elu", patch_size=32))
+    layers = list(all_layers(model))
+    assert any(isinstance(layer, robust_layers.RobustBlock) for layer in layers)
+    activations = {layer.name: layer.get_config().get("activation") for layer in layers}
+    assert activations["relu1"] == activations["fc1"] == "elu"
+    assert "relu" not in activations.values()
 
 
 # ----------------------------------------------------------------------------
