@@ -16,7 +16,13 @@ The models, each trained on every seed of `--seeds` into OUT/runs/NAME-sSEED:
 - `sll`: the network 1-Lipschitz by construction (`--model sll`: AOL stem, residual SLL
   layers), MSE, learning rate 3e-3, its output scale learned from 1 (`SLL`);
 - `insert-b16`: `insert` with RobustBlocks that narrow to 16 channels and widen back
-  (`--robust-bottleneck 16`, the paper's block narrows to 200), from scratch like the others.
+  (`--robust-bottleneck 16`, the paper's block narrows to 200), from scratch like the others;
+- `paper`: the paper's recipe as its code runs it: `insert-b16` with every ReLU swapped for
+  SiLU (`--model-activation silu`) and NT's finite-difference penalty (`--defense nt`,
+  lambda `--paper-nt-lambda`, the PLCC loss of the base);
+- `paper-pruned`: each `paper` run pruned as the paper's code does: 10 % of the channels by
+  mean |weight|, then 15 fine-tuning epochs (`--paper-finetune-epochs`) at learning rate 1e-4
+  (`robust-iqa prune`), on top of the equal training time (its `metrics.json` says how long).
 The `replace` models use this recipe's settings for the block convolution: ReLU
 (`robust_activation="relu"`), the MSE loss and learning rate 3e-3.
 
@@ -58,6 +64,10 @@ REPLACE = dict(robust="replace", robust_conv="block", robust_activation="relu", 
 # set from the labels was 9x to 15x as easy to inflate, with no steady gain in ranking).
 SLL = dict(model="sll", loss="mse", learning_rate=3e-3, output_scale="learned")
 INSERT_BOTTLENECK = 16
+PAPER_NT_LAMBDA = 0.1  # the weight of the paper's code for Linearity (with h = 0.01 here)
+# Rows made by pruning a trained model: name -> (the model pruned, `prune_run`'s settings).
+PRUNED = {"paper-pruned": ("paper", dict(fraction=0.1, criterion="mean_weight", prune_epochs=0, finetune_epochs=15,
+                                         learning_rate=1e-4))}
 NT_LAMBDAS = (1.0, 3.0, 10.0)
 REPLACE_NT_LAMBDA = 1e-3
 WIDTHS = (1, 2, 4)
@@ -68,8 +78,9 @@ QUICK_MODELS = ("base", "replace-w1")
 WARMUP_STEPS = 2
 
 
-def model_overrides(nt_lambdas=NT_LAMBDAS, replace_nt_lambda=REPLACE_NT_LAMBDA):
-    """name -> the TrainConfig fields that make the model from the base recipe, in training order."""
+def model_overrides(nt_lambdas=NT_LAMBDAS, replace_nt_lambda=REPLACE_NT_LAMBDA, paper_nt_lambda=PAPER_NT_LAMBDA):
+    """name -> the TrainConfig fields that make the model from the base recipe, in training order
+    (the pruned rows, `PRUNED`, are made from these)."""
     models = {"base": {}}
     for lam in nt_lambdas:
         models[f"base-nt{lam:g}"] = dict(defense="nt", nt_lambda=float(lam))
@@ -79,6 +90,8 @@ def model_overrides(nt_lambdas=NT_LAMBDAS, replace_nt_lambda=REPLACE_NT_LAMBDA):
     models["replace-nt"] = dict(REPLACE, defense="nt", nt_lambda=float(replace_nt_lambda))
     models["sll"] = dict(SLL)
     models[f"insert-b{INSERT_BOTTLENECK}"] = dict(robust="insert", robust_bottleneck=INSERT_BOTTLENECK)
+    models["paper"] = dict(models[f"insert-b{INSERT_BOTTLENECK}"], model_activation="silu", defense="nt",
+                           nt_lambda=float(paper_nt_lambda))
     return models
 
 
@@ -217,6 +230,27 @@ def train_runs(out, models, plan, args, verbose="auto"):
     return runs
 
 
+def prune_runs(out, runs, names, args, verbose="auto"):
+    """The pruned rows `names` (of `PRUNED`), each seed's run of its model pruned into
+    OUT/runs/NAME-sSEED (reusing finished ones); returns run name -> folder."""
+    from keras_robust_iqa.pruning.pipeline import prune_run
+
+    pruned = {}
+    for name in names:
+        source, settings = PRUNED[name]
+        settings = dict(settings, finetune_epochs=1 if args.quick else args.paper_finetune_epochs)
+        for seed in args.seeds:
+            run_name = f"{name}-s{seed}"
+            run = out / "runs" / run_name
+            pruned[run_name] = run
+            if (run / "pruning_report.json").is_file():
+                print(f"{run_name}: reused {run}", flush=True)
+                continue
+            print(f"{run_name}: {source}-s{seed} pruned ({settings}) -> {run}", flush=True)
+            prune_run(runs[f"{source}-s{seed}"], run, verbose=verbose, **settings)
+    return pruned
+
+
 def _check_reused(run, config):
     """A finished run is reused only when it was trained as asked."""
     found = json.loads((run / "config.json").read_text())
@@ -251,13 +285,18 @@ def summary(plan, runs, report):
 
     per_run = {}
     for run_name, run in runs.items():
-        kind = plan["kinds"][split_seed(run_name)[0]]
+        name = split_seed(run_name)[0]
         metrics = json.loads((run / "metrics.json").read_text())
-        per_run[run_name] = {
-            "epochs": kind["epochs"],
-            "planned_seconds": round(kind["epochs"] * kind["epoch_seconds"], 1) if "epoch_seconds" in kind else None,
-            "train_seconds": metrics.get("train_seconds"), "test_srocc": metrics["test"]["srocc"],
-        }
+        if name in PRUNED:  # fine-tuned on top of its source's budget
+            report = json.loads((run / "pruning_report.json").read_text())
+            entry = {"pruned_from": PRUNED[name][0], "finetune_epochs": report["finetune_epochs"],
+                     "pruned_fraction": report["pruned_fraction"]}
+        else:
+            kind = plan["kinds"][name]
+            entry = {"epochs": kind["epochs"], "planned_seconds": round(kind["epochs"] * kind["epoch_seconds"], 1)
+                     if "epoch_seconds" in kind else None}
+        per_run[run_name] = entry | {"train_seconds": metrics.get("train_seconds"),
+                                     "test_srocc": metrics["test"]["srocc"]}
     return {"plan": plan, "runs": per_run, "frontier": report.get("frontier")}
 
 
@@ -295,6 +334,12 @@ def parser():
                    help=f"NT weights of the base + NT models (default: {','.join(f'{v:g}' for v in NT_LAMBDAS)})")
     p.add_argument("--replace-nt-lambda", type=float, default=REPLACE_NT_LAMBDA,
                    help=f"NT weight of the replace + NT model, with the MSE loss (default: {REPLACE_NT_LAMBDA:g})")
+    p.add_argument("--paper-nt-lambda", type=float, default=PAPER_NT_LAMBDA,
+                   help=f"NT weight of the paper model, with the base's PLCC loss (default: {PAPER_NT_LAMBDA:g})")
+    p.add_argument("--paper-finetune-epochs", type=int, default=PRUNED["paper-pruned"][1]["finetune_epochs"],
+                   help="fine-tuning epochs of the paper-pruned runs (default: %(default)s, the paper's)")
+    p.add_argument("--skip-evaluation", action="store_true",
+                   help="train (and prune) only; a later run without it reuses the runs and evaluates them all")
     p.add_argument("--attacks", type=comma_list, default=comma_list(DEFAULT_ATTACKS),
                    help=f"comma-separated attacks of the evaluation, ifgsm among them (default: {DEFAULT_ATTACKS})")
     p.add_argument("--eps", type=lambda text: budget_list(text, fraction), default=budget_list(DEFAULT_EPS, fraction),
@@ -313,20 +358,27 @@ def main(argv=None):
     if args.quick:
         args.seeds, args.attacks, args.eps, args.images = [0], ["ifgsm"], [FRONTIER[1]], 4
         args.models = args.models or list(QUICK_MODELS)
-    all_models = model_overrides(args.nt_lambdas, args.replace_nt_lambda)
-    unknown = sorted(set(args.models or ()) - set(all_models))
+    all_models = model_overrides(args.nt_lambdas, args.replace_nt_lambda, args.paper_nt_lambda)
+    unknown = sorted(set(args.models or ()) - set(all_models) - set(PRUNED))
     if unknown:
-        p.error(f"--models: unknown model(s) {unknown}; choose from {', '.join(all_models)}")
+        p.error(f"--models: unknown model(s) {unknown}; choose from {', '.join([*all_models, *PRUNED])}")
     if FRONTIER[0] not in args.attacks or not any(abs(e - FRONTIER[1]) < 1e-9 for e in args.eps):
         p.error("the frontier is ifgsm at 4/255: keep ifgsm in --attacks and 4/255 in --eps")
-    if args.images < 1 or args.timed_steps < 1:
-        p.error("--images and --timed-steps must be at least 1")
-    models = {name: all_models[name] for name in all_models if args.models is None or name in args.models}
+    if args.images < 1 or args.timed_steps < 1 or args.paper_finetune_epochs < 1:
+        p.error("--images, --timed-steps and --paper-finetune-epochs must be at least 1")
+    pruned_rows = [name for name in PRUNED if args.models is None or name in args.models]
+    # A pruned row needs its model's runs.
+    wanted = set(all_models if args.models is None else args.models) | {PRUNED[name][0] for name in pruned_rows}
+    models = {name: all_models[name] for name in all_models if name in wanted}
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
         plan = make_plan(out, models, args)
         runs = train_runs(out, models, plan, args)
+        runs |= prune_runs(out, runs, pruned_rows, args)
+        if args.skip_evaluation:
+            print(f"trained {len(runs)} runs in {out / 'runs'}; evaluate them with a run without --skip-evaluation")
+            return 0
         report = evaluate(out, runs, args)
     except (ValueError, FileNotFoundError) as error:
         print(f"{p.prog}: error: {error}", file=sys.stderr)

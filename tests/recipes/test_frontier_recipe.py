@@ -44,7 +44,7 @@ def small_builtin(builtin_cache, monkeypatch):
 def test_the_models_of_the_comparison(recipe):
     models = recipe.model_overrides()
     assert list(models) == ["base", "base-nt1", "base-nt3", "base-nt10", "base-adv", "replace-w1", "replace-w2",
-                            "replace-w4", "replace-nt", "sll", "insert-b16"]
+                            "replace-w4", "replace-nt", "sll", "insert-b16", "paper"]
     configs = {name: recipe.model_config(overrides, seed=2, epochs=5) for name, overrides in models.items()}
     base = configs["base"]
     assert base == recipe.model_config({}, seed=2, epochs=5)
@@ -63,6 +63,11 @@ def test_the_models_of_the_comparison(recipe):
     assert (configs["sll"].model, configs["sll"].robust, configs["sll"].loss, configs["sll"].output_scale) == \
         ("sll", None, "mse", "learned")
     assert (configs["insert-b16"].robust, configs["insert-b16"].robust_bottleneck) == ("insert", 16)
+    paper = configs["paper"]
+    assert (paper.robust, paper.robust_bottleneck, paper.model_activation, paper.defense, paper.nt_lambda,
+            paper.loss) == ("insert", 16, "silu", "nt", recipe.PAPER_NT_LAMBDA, "plcc")
+    assert recipe.PRUNED["paper-pruned"] == ("paper", dict(fraction=0.1, criterion="mean_weight", prune_epochs=0,
+                                                          finetune_epochs=15, learning_rate=1e-4))
     assert list(recipe.model_overrides((0.5,), 0.1))[1] == "base-nt0.5"
 
 
@@ -134,12 +139,41 @@ def test_time_steps_measures_a_training_step(recipe, small_builtin):
     assert 0 < seconds < 60
 
 
+def test_pruned_rows_prune_every_seed_of_their_model_once(recipe, tmp_path, monkeypatch):
+    from keras_robust_iqa.pruning import pipeline
+
+    calls = []
+
+    def fake_prune_run(run, out, verbose, **settings):
+        calls.append((run, out, settings))
+        out.mkdir(parents=True)
+        (out / "pruning_report.json").write_text(json.dumps({"finetune_epochs": settings["finetune_epochs"],
+                                                             "pruned_fraction": settings["fraction"]}))
+        (out / "metrics.json").write_text(json.dumps({"test": {"srocc": 0.5}, "train_seconds": 3.0}))
+
+    monkeypatch.setattr(pipeline, "prune_run", fake_prune_run)
+    args = types.SimpleNamespace(seeds=[0, 2], quick=False, paper_finetune_epochs=15)
+    sources = {f"paper-s{seed}": tmp_path / f"paper-s{seed}" for seed in (0, 2)}
+    pruned = recipe.prune_runs(tmp_path, sources, ["paper-pruned"], args)
+    assert pruned == {f"paper-pruned-s{seed}": tmp_path / "runs" / f"paper-pruned-s{seed}" for seed in (0, 2)}
+    assert [(run, out) for run, out, _ in calls] == [(sources[f"paper-s{seed}"], pruned[f"paper-pruned-s{seed}"])
+                                                     for seed in (0, 2)]
+    assert all(settings == recipe.PRUNED["paper-pruned"][1] for _, _, settings in calls)
+    assert recipe.prune_runs(tmp_path, sources, ["paper-pruned"], args) == pruned and len(calls) == 2  # reused
+    # The summary says what a pruned row was made from, not a planned budget it does not have.
+    plan = {"kinds": {}}
+    row = recipe.summary(plan, pruned, {})["runs"]["paper-pruned-s2"]
+    assert row == {"pruned_from": "paper", "finetune_epochs": 15, "pruned_fraction": 0.1, "train_seconds": 3.0,
+                   "test_srocc": 0.5}
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--models", "base,nope"], "--models: unknown model(s) ['nope']"),
     (["--attacks", "fgsm"], "keep ifgsm in --attacks and 4/255 in --eps"),
     (["--eps", "2/255"], "keep ifgsm in --attacks and 4/255 in --eps"),
     (["--seeds", "0,0"], "expected distinct seeds"),
-    (["--images", "0"], "--images and --timed-steps must be at least 1"),
+    (["--images", "0"], "--images, --timed-steps and --paper-finetune-epochs must be at least 1"),
+    (["--paper-finetune-epochs", "0"], "--images, --timed-steps and --paper-finetune-epochs must be at least 1"),
 ])
 def test_bad_flags_are_refused_before_any_work(recipe, argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
