@@ -298,7 +298,8 @@ def convert_onnx(serve):
 
     def convert():
         proto, _ = tf2onnx.convert.from_function(tf.function(serve, input_signature=spec), input_signature=spec,
-                                                 opset=ONNX_OPSET)
+                                                 opset=ONNX_OPSET,
+                                                 custom_op_handlers={"Erfc": (_erfc_as_one_minus_erf, [])})
         return proto.SerializeToString()
 
     # tf2onnx 1.17 reads any value of the variable as "do not catch" (it compares the
@@ -315,6 +316,19 @@ def convert_onnx(serve):
             os.environ.pop(constants.ENV_TF2ONNX_CATCH_ERRORS, None)
         else:
             os.environ[constants.ENV_TF2ONNX_CATCH_ERRORS] = saved
+
+
+def _erfc_as_one_minus_erf(ctx, node, name, args):
+    """tf2onnx handler of TensorFlow's Erfc, which ONNX lacks: `1 - Erf(x)`. TensorFlow's exact
+    GELU (`keras.activations.gelu`, as in ConvNeXt) computes it with erfc."""
+    import numpy as np
+    from tf2onnx import utils
+
+    dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
+    erf = ctx.make_node("Erf", [node.input[0]])
+    one = ctx.make_const(utils.make_name(f"{name}_one"), np.array(1, dtype=dtype))
+    node.type = "Sub"
+    ctx.replace_inputs(node, [one.output[0], erf.output[0]])
 
 
 def write_models_config(folder):

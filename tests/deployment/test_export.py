@@ -17,7 +17,7 @@ from ai_edge_litert.interpreter import Interpreter
 from keras_robust_iqa import cli, data, deployment, models
 from keras_robust_iqa.deployment import LoweredOrthoConv2D, deployment_model
 from keras_robust_iqa.deployment import export as export_module
-from keras_robust_iqa.deployment.export import export_run, tflite_operators
+from keras_robust_iqa.deployment.export import PARITY_ATOL, export_model, export_run, tflite_operators
 from keras_robust_iqa.deployment.runtimes import load_runtime
 from keras_robust_iqa.layers import BlockOrthoConv2D, GroupSort, MaxMin, OrthoConv2D, OrthoDense, RobustBlock
 from keras_robust_iqa.layers.lowered_conv2d import CircularPadding2D
@@ -375,3 +375,20 @@ def test_export_model_from_memory(builtin, tmp_path):
     np.testing.assert_allclose(predicted, lo + (hi - lo) * models.score_images(model, images), atol=(hi - lo) * 1e-4)
     with pytest.raises(ValueError, match="`mos_range`"):
         deployment.export_model(model, tmp_path, "tflite", mos_range=(1, 0))
+
+
+def test_gelu_exports_to_onnx_as_erf(tmp_path):
+    """TensorFlow's exact GELU (ConvNeXt's; `--model-activation gelu`) computes erfc, which ONNX
+    lacks: the export writes it as 1 - Erf and keeps parity with the Keras model."""
+    import onnx
+
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(8, 3, activation="gelu")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(8)(x)
+    x = keras.layers.Activation("gelu")(x)
+    model = keras.Model(inputs, keras.layers.Dense(1)(x))
+    report = export_model(model, tmp_path, ["onnx"], verbose=False)
+    assert report["files"]["onnx"]["max_abs_diff_normalized"] <= PARITY_ATOL
+    ops = {node.op_type for node in onnx.load(tmp_path / report["files"]["onnx"]["path"]).graph.node}
+    assert "Erf" in ops and "Erfc" not in ops
