@@ -23,6 +23,10 @@ ACTIVATION_LIPSCHITZ = {
     "relu": 1.0,
     "sigmoid": 0.25,  # sigmoid' = s (1 - s) <= 1/4, at 0
     "tanh": 1.0,  # tanh' = 1 - tanh^2 <= 1, at 0
+    # The smooth activations `swap_activations` puts in (rounded up):
+    "silu": 1.0999,  # s(x) (1 + x (1 - s(x))) peaks at 1.09984, near x = 2.3994
+    "gelu": 1.1290,  # Phi(x) + x phi(x) peaks at 1.12890, at x = sqrt(2)
+    "elu": 1.0,  # alpha = 1: slope e^x < 1 below 0, 1 above
 }
 
 # What `robustify(mode="replace")` puts in place of a layer (`LayerContract.replacement`):

@@ -53,3 +53,17 @@ def test_capped_and_leaky_relus_stay_and_a_model_without_relu_is_refused():
         swap_activations(model, "gelu")
     with pytest.raises(ValueError, match=r"`activation` must be one of .* got activation='tanh'"):
         swap_activations(model, "tanh")
+
+
+@pytest.mark.parametrize("activation", SMOOTH_ACTIVATIONS)
+def test_the_smooth_activations_lipschitz_constants_bound_their_steepest_slope(activation):
+    from keras_robust_iqa.models import lipschitz_bound
+    from keras_robust_iqa.models.lipschitz import layer_lipschitz
+
+    x = np.linspace(-8.0, 8.0, 400_001)
+    slopes = np.diff(_smooth(activation, x.astype("float64"))) / np.diff(x)
+    stated = layer_lipschitz(keras.layers.Activation(activation))
+    assert slopes.max() <= stated <= slopes.max() + 1e-3
+    # A model of 1-Lipschitz parts and the activation is certified with its constant.
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Activation(activation), keras.layers.Activation("relu")])
+    assert lipschitz_bound(model) == pytest.approx(stated)
