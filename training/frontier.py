@@ -1,7 +1,7 @@
 """The accuracy-robustness frontier on the built-in dataset: `replace` models against the
 data-driven defenses, on three seeds, at equal training time (issue 23).
 
-    python training/frontier.py --out runs/frontier              # 11 models x 3 seeds, then the evaluation
+    python training/frontier.py --out runs/frontier              # 13 models x 3 seeds, 3 prunings, then the evaluation
     python training/frontier.py --quick --out runs/frontier-quick   # a smoke test (1 seed, 1 epoch, 2 models)
 
 The models, each trained on every seed of `--seeds` into OUT/runs/NAME-sSEED:
@@ -36,7 +36,7 @@ move with the machine's load; `--plan FILE` takes the epochs of another folder's
 per-epoch validation is not counted: it scores the same images for every model. Each run's
 `config.json` records its epochs and `metrics.json` the seconds its training took;
 OUT/frontier.json puts the planned and the measured seconds side by side. The whole comparison
-is 33 runs of about the base's training time each, plus their validation: hours on a CPU.
+is 39 runs of about the base's training time each, plus their validation and the prunings: hours on a CPU.
 
 Then `evaluate_runs` attacks every run (`--attacks`, `--eps`, `--images`) with the labels' own
 gain on the built-in data, into OUT/evaluation: report.json (with `frontier`: I-FGSM at 4/255,
