@@ -321,7 +321,6 @@ def convert_onnx(serve):
 def _erfc_as_one_minus_erf(ctx, node, name, args):
     """tf2onnx handler of TensorFlow's Erfc, which ONNX lacks: `1 - Erf(x)`. TensorFlow's exact
     GELU (`keras.activations.gelu`, as in ConvNeXt) computes it with erfc."""
-    import numpy as np
     from tf2onnx import utils
 
     dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))

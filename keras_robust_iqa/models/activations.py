@@ -9,16 +9,11 @@ from keras_robust_iqa.models.graph import check_graph_model, rewrite
 SMOOTH_ACTIVATIONS = ("silu", "gelu", "elu")
 
 
-def _is_plain_relu_layer(layer):
-    """A `keras.layers.ReLU` that computes max(x, 0): no cap, no threshold, no slope below 0."""
-    config = layer.get_config()
+def _is_plain_relu_layer(layer, config):
+    """A `keras.layers.ReLU` (of config `config`) that computes max(x, 0): no cap, no threshold,
+    no slope below 0."""
     return (isinstance(layer, keras.layers.ReLU) and config.get("max_value") is None
             and not config.get("negative_slope") and not config.get("threshold"))
-
-
-def _has_relu_activation(layer):
-    """A layer built with `activation="relu"` (Conv2D, Dense, Activation, ...)."""
-    return layer.get_config().get("activation") == "relu"
 
 
 def swap_activations(model, activation):
@@ -51,10 +46,10 @@ def swap_activations(model, activation):
         if not isinstance(layer, keras.layers.Layer):
             return layer  # a keras.ops operation: no state
         config = layer.get_config()
-        if _is_plain_relu_layer(layer):
+        if _is_plain_relu_layer(layer, config):
             new = keras.layers.Activation(activation, name=layer.name, dtype=layer.dtype_policy)
             swapped.append(layer.name)
-        elif _has_relu_activation(layer):
+        elif config.get("activation") == "relu":  # Conv2D, Dense, Activation, ... built with activation="relu"
             new = layer.__class__.from_config({**config, "activation": activation})
             swapped.append(layer.name)
         else:
